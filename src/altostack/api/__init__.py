@@ -1,0 +1,1 @@
+"""The HTTP door: routers, auth, idempotency, errors, pagination. No business rules here."""

@@ -1,0 +1,58 @@
+"""The FastAPI application: routers, error mapping, middleware, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from altostack import __version__
+from altostack.api import problems
+from altostack.api.middleware import ApiMiddleware
+from altostack.api.routers import auth, events, health, operations
+
+if TYPE_CHECKING:
+    from altostack.bootstrap import Container
+
+ROUTERS = [health.router, auth.router, operations.router, events.router]
+
+
+def create_app(
+    container: Container,
+    *,
+    manage_lifecycle: bool = True,
+    on_started: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the API around a container; with ``manage_lifecycle`` the app starts and stops
+    it (the server's case), otherwise the caller does (tests that share a container)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle and not container.started:
+            await container.start()
+        if on_started is not None:
+            on_started()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await container.stop()
+
+    app = FastAPI(
+        title="Altostack API",
+        version=__version__,
+        description="A lightweight private cloud. Conventions: see docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    problems.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    for plugin in container.plugins:
+        hook = getattr(plugin, "altostack_plugin", None)
+        if hook is not None:
+            hook(app, container)
+    app.add_middleware(ApiMiddleware, container=container)
+    return app

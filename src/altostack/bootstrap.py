@@ -1,0 +1,102 @@
+"""All wiring in one place: every adapter is built here and can be swapped by tests."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from altostack.api.metrics import ApiMetrics
+from altostack.bus import Bus, connect
+from altostack.controllers.registry import OperationRegistry
+from altostack.controllers.worker import OperationWorker
+from altostack.db.database import Database
+from altostack.db.migrate import upgrade
+from altostack.services.auth import AuthService
+from altostack.services.events import EventService
+from altostack.services.idempotency import IdempotencyService
+from altostack.services.operations import OperationService
+from altostack.services.passwords import Passwords
+from altostack.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    bus: Bus
+    passwords: Passwords
+    auth: AuthService
+    operations: OperationService
+    events: EventService
+    idempotency: IdempotencyService
+    registry: OperationRegistry
+    worker: OperationWorker
+    metrics: ApiMetrics
+    run_worker: bool = True
+    migrate: bool = True
+    plugins: list[Any] = field(default_factory=list)
+    bootstrap_password: str | None = None
+    started: bool = False
+
+    async def start(self) -> None:
+        if self.migrate:
+            await upgrade(self.db)
+        await self.auth.attach_bus(self.bus)
+        await self.operations.start()
+        self.bootstrap_password = await self.auth.bootstrap()
+        if self.run_worker:
+            await self.worker.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        if self.run_worker:
+            await self.worker.stop()
+        await self.bus.close()
+        await self.db.dispose()
+        self.started = False
+
+    async def ready(self) -> dict[str, str]:
+        """What /readyz reports: each dependency and whether it answers."""
+        checks: dict[str, str] = {}
+        try:
+            await self.db.ping()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        try:
+            await self.bus.ping()
+            checks["bus"] = "ok"
+        except Exception as exc:
+            checks["bus"] = f"unavailable: {type(exc).__name__}"
+        return checks
+
+
+def build(settings: Settings | None = None, **overrides: Any) -> Container:
+    settings = settings or Settings()
+    db = overrides.pop("db", None) or Database(settings.database_url)
+    bus = overrides.pop("bus", None) or connect(settings.bus)
+    passwords = Passwords(settings.password_hash_time_cost, settings.password_hash_memory_kib)
+    events = EventService(db)
+    registry = overrides.pop("registry", None) or OperationRegistry()
+    container = Container(
+        settings=settings,
+        db=db,
+        bus=bus,
+        passwords=passwords,
+        auth=AuthService(db, settings, passwords),
+        operations=OperationService(db, bus),
+        events=events,
+        idempotency=IdempotencyService(settings.idempotency_ttl_seconds),
+        registry=registry,
+        worker=OperationWorker(db, bus, registry, settings, events),
+        metrics=ApiMetrics(),
+        **overrides,
+    )
+    for name in settings.plugins:
+        container.plugins.append(importlib.import_module(name))
+    return container

@@ -1,0 +1,1 @@
+"""OpenStack-compatible API facade (later issue)."""

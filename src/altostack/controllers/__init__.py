@@ -1,0 +1,1 @@
+"""Background loops: the operation worker now; reconcilers and the scheduler later."""

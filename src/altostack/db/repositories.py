@@ -1,0 +1,219 @@
+"""Repositories: the only place that writes SQL for a table.
+
+Listing is keyset-paginated on the id, which is time-sortable (``domain.ids``), so the
+order is stable and newest first without an extra column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from altostack.db.models import (
+    AuthToken,
+    Base,
+    Event,
+    IdempotencyKey,
+    Operation,
+    Tenant,
+    User,
+)
+from altostack.db.types import utcnow
+
+M = TypeVar("M", bound=Base)
+
+
+@dataclass
+class Page(Generic[M]):
+    items: list[M]
+    next_cursor: str | None
+
+
+class Repository(Generic[M]):
+    model: type[M]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, ident: str) -> M | None:
+        return await self.session.get(self.model, ident)
+
+    def add(self, obj: M) -> M:
+        self.session.add(obj)
+        return obj
+
+    async def delete(self, obj: M) -> None:
+        await self.session.delete(obj)
+
+    async def page(
+        self,
+        where: Sequence[ColumnElement[bool]] = (),
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """Newest first; ``cursor`` is the last id of the previous page."""
+        id_col = self.model.id  # type: ignore[attr-defined]
+        stmt: Select[Any] = select(self.model).where(*where)
+        if cursor:
+            stmt = stmt.where(id_col < cursor)
+        stmt = stmt.order_by(id_col.desc()).limit(limit + 1)
+        rows = list((await self.session.scalars(stmt)).all())
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = rows[-1].id  # type: ignore[attr-defined]
+        return Page(rows, next_cursor)
+
+
+class TenantRepository(Repository[Tenant]):
+    model = Tenant
+
+    async def by_name(self, name: str) -> Tenant | None:
+        return await self.session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+class UserRepository(Repository[User]):
+    model = User
+
+    async def by_login(self, tenant_id: str, username: str) -> User | None:
+        return await self.session.scalar(
+            select(User).where(User.tenant_id == tenant_id, User.username == username)
+        )
+
+    async def count(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(User)) or 0)
+
+
+class TokenRepository(Repository[AuthToken]):
+    model = AuthToken
+
+    async def active_with_user(self, token_hash: str) -> tuple[AuthToken, User, Tenant] | None:
+        row = (
+            await self.session.execute(
+                select(AuthToken, User, Tenant)
+                .join(User, User.id == AuthToken.user_id)
+                .join(Tenant, Tenant.id == User.tenant_id)
+                .where(AuthToken.token_hash == token_hash)
+            )
+        ).first()
+        if row is None:
+            return None
+        return row[0], row[1], row[2]
+
+    async def revoke_for_user(self, user_id: str) -> None:
+        await self.session.execute(
+            update(AuthToken)
+            .where(AuthToken.user_id == user_id, AuthToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+    async def purge_expired(self, now: datetime) -> int:
+        result = await self.session.execute(delete(AuthToken).where(AuthToken.expires_at < now))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class OperationRepository(Repository[Operation]):
+    model = Operation
+
+    async def claimable(
+        self, kinds: Sequence[str], now: datetime, limit: int
+    ) -> list[tuple[str, str]]:
+        """Ids and states of operations a worker may take: due pending ones and lost leases."""
+        if not kinds:
+            return []
+        pending = (
+            select(Operation.id, Operation.state)
+            .where(
+                Operation.kind.in_(kinds),
+                Operation.state == "pending",
+                Operation.not_before <= now,
+            )
+            .order_by(Operation.id)
+            .limit(limit)
+        )
+        lost = (
+            select(Operation.id, Operation.state)
+            .where(
+                Operation.kind.in_(kinds),
+                Operation.state == "running",
+                Operation.lease_expires_at < now,
+            )
+            .order_by(Operation.id)
+            .limit(limit)
+        )
+        rows = list((await self.session.execute(pending)).all())
+        rows += list((await self.session.execute(lost)).all())
+        return [(r[0], r[1]) for r in rows][:limit]
+
+    async def try_claim(self, op_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        """Atomically take an operation; False when another worker was faster."""
+        stmt = (
+            update(Operation)
+            .where(
+                Operation.id == op_id,
+                (
+                    ((Operation.state == "pending") & (Operation.not_before <= now))
+                    | ((Operation.state == "running") & (Operation.lease_expires_at < now))
+                ),
+            )
+            .values(
+                state="running",
+                lease_owner=owner,
+                lease_expires_at=lease_until,
+                attempts=Operation.attempts + 1,
+                started_at=func.coalesce(Operation.started_at, now),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def update_owned(self, op_id: str, owner: str, **values: Any) -> bool:
+        """Change an operation only while ``owner`` still holds its lease."""
+        values.setdefault("updated_at", utcnow())
+        stmt = (
+            update(Operation)
+            .where(
+                Operation.id == op_id,
+                Operation.lease_owner == owner,
+                Operation.state == "running",
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self.session.execute(
+            select(Operation.state, func.count()).group_by(Operation.state)
+        )
+        return {state: int(n) for state, n in rows.all()}
+
+
+class EventRepository(Repository[Event]):
+    model = Event
+
+
+class IdempotencyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, scope: str, key: str) -> IdempotencyKey | None:
+        return await self.session.get(IdempotencyKey, (scope, key))
+
+    def add(self, row: IdempotencyKey) -> None:
+        self.session.add(row)
+
+    async def purge_expired(self, now: datetime) -> int:
+        result = await self.session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)

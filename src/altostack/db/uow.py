@@ -1,0 +1,121 @@
+"""Unit of work: one transaction, rolled back unless committed (cosmicpython style).
+
+A request that mutates runs inside one top-level unit of work opened by the API layer, so
+the spec change, its operation, its idempotency record and its audit event commit
+together. Services simply ask the database for a unit of work; inside an active one they
+*join* it (their ``commit`` is left to the owner), which also keeps SQLite's single
+writer lock from being taken twice.
+
+Post-commit hooks carry side effects that must only happen once the data is durable,
+such as waking the operation worker over the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from altostack.db.repositories import (
+    EventRepository,
+    IdempotencyRepository,
+    OperationRepository,
+    TenantRepository,
+    TokenRepository,
+    UserRepository,
+)
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+_current: ContextVar[UnitOfWork | None] = ContextVar("altostack_uow", default=None)
+
+
+class UnitOfWork:
+    session: AsyncSession
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], lock: asyncio.Lock | None
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._lock = lock
+        self._after_commit: list[AfterCommit] = []
+        self._committed = False
+        self._outer: UnitOfWork | None = None
+        self.active = False
+
+    async def __aenter__(self) -> Self:
+        outer = _current.get()
+        if outer is not None and outer.active:
+            self._outer = outer
+            self._bind(outer.session)
+            return self
+        if self._lock is not None:
+            await self._lock.acquire()
+        try:
+            self._bind(self._sessionmaker())
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self.active = True
+        self._token = _current.set(self)
+        return self
+
+    def _bind(self, session: AsyncSession) -> None:
+        self.session = session
+        self.tenants = TenantRepository(session)
+        self.users = UserRepository(session)
+        self.tokens = TokenRepository(session)
+        self.operations = OperationRepository(session)
+        self.events = EventRepository(session)
+        self.idempotency = IdempotencyRepository(session)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._outer is not None:
+            return
+        self.active = False
+        _current.reset(self._token)
+        try:
+            # close() rolls back whatever was not committed and detaches the objects
+            # without expiring them, so results read here stay usable afterwards.
+            await self.session.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if self._committed and exc_type is None:
+            for hook in self._after_commit:
+                await hook()
+
+    @property
+    def joined(self) -> bool:
+        return self._outer is not None
+
+    async def commit(self) -> None:
+        """Commit; inside a joined unit of work the owner commits, so this only flushes."""
+        if self._outer is not None:
+            await self.session.flush()
+            return
+        await self.session.commit()
+        self._committed = True
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
+
+    async def flush(self) -> None:
+        await self.session.flush()
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        """Run ``hook`` once the outermost transaction has committed."""
+        if self._outer is not None:
+            self._outer.after_commit(hook)
+        else:
+            self._after_commit.append(hook)

@@ -1,0 +1,1 @@
+"""Driver families (compute, network, storage), each one small interface + sim and real backends."""

@@ -1,0 +1,1 @@
+"""Compute drivers: sim and qemu (compute and QEMU issues)."""

@@ -1,0 +1,1 @@
+"""Network drivers: sim and linux (SDN issue)."""

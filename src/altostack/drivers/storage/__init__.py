@@ -1,0 +1,1 @@
+"""Storage drivers: sim, local qcow2 and ceph rbd (storage issue)."""

@@ -1,0 +1,1 @@
+"""Placement: filters and weighers over host capacity, pure functions (compute issue)."""

@@ -1,0 +1,54 @@
+"""Run the all-in-one: API + operation worker (+ local agent later) in one process."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import uvicorn
+
+from altostack import logging as alto_logging
+from altostack.api.app import create_app
+from altostack.bootstrap import Container, build
+from altostack.settings import Settings
+
+
+def banner(container: Container) -> str:
+    s = container.settings
+    url = f"http://{s.host}:{s.port}"
+    lines = [
+        f"Altostack is up on {url}  (API docs: {url}/docs)",
+        f"  database: {s.masked()['database_url']}",
+        f"  bus: {s.bus}   driver: {s.driver}",
+    ]
+    if container.bootstrap_password:
+        lines += [
+            "  First start: the administrator account was created.",
+            "    tenant: system   username: admin",
+            f"    password: {container.bootstrap_password}   (shown once; change it)",
+        ]
+    lines.append(f"  Log in:  alto login --url {url} --tenant system --username admin")
+    return "\n".join(lines)
+
+
+def serve(settings: Settings, **uvicorn_overrides: Any) -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn drains in-flight requests, then the container
+    stops the worker, which hands unfinished operations back for the next start."""
+    alto_logging.configure(settings.log_format, settings.log_level)
+    container = build(settings)
+    app = create_app(
+        container, on_started=lambda: print(banner(container), file=sys.stderr, flush=True)
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(int(settings.shutdown_grace_seconds), 1),
+        **uvicorn_overrides,
+    )
+    uvicorn.Server(config).run()

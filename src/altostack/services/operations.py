@@ -1,0 +1,162 @@
+"""Operations: the durable record of every asynchronous mutation (the outbox).
+
+A service that changes a spec calls :meth:`OperationService.create` inside the same unit
+of work, so the spec change and its operation commit together or not at all. The worker
+(``controllers.worker``) picks the operation up from the table, so nothing is lost if the
+bus notification that follows the commit never arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from sqlalchemy import ColumnElement
+
+from altostack.bus import Bus, Message
+from altostack.db.database import Database
+from altostack.db.models import Operation
+from altostack.db.repositories import Page
+from altostack.db.uow import UnitOfWork
+from altostack.domain.errors import InvalidRequest, NotFound
+from altostack.domain.ids import new_id
+from altostack.domain.operations import OperationState
+from altostack.services.context import RequestContext
+
+CREATED_SUBJECT = "operations.created"
+FINISHED_SUBJECT = "operations.finished"
+MAX_WAIT_SECONDS = 60.0
+
+
+class OperationService:
+    def __init__(self, db: Database, bus: Bus) -> None:
+        self.db = db
+        self.bus = bus
+        self._waiters: dict[str, list[asyncio.Event]] = {}
+
+    async def start(self) -> None:
+        await self.bus.subscribe(FINISHED_SUBJECT, self._on_finished)
+
+    async def _on_finished(self, message: Message) -> None:
+        for event in self._waiters.get(str(message.data.get("id")), []):
+            event.set()
+
+    def create(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        kind: str,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        input: dict[str, Any] | None = None,
+        tenant_id: str | None = None,
+    ) -> Operation:
+        """Add an operation to ``uow``; it becomes visible to workers when ``uow`` commits."""
+        op = Operation(
+            id=new_id("op"),
+            kind=kind,
+            tenant_id=tenant_id or ctx.principal.tenant_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            state=OperationState.PENDING.value,
+            progress=0,
+            input=input or {},
+            checkpoint={},
+            attempts=0,
+            created_by=ctx.principal.user_id,
+            request_id=ctx.request_id,
+        )
+        uow.operations.add(op)
+        ctx.audit.operation_id = op.id
+
+        async def _notify() -> None:
+            await self.bus.publish(CREATED_SUBJECT, {"id": op.id, "kind": kind})
+
+        uow.after_commit(_notify)
+        return op
+
+    async def get(self, ctx: RequestContext, op_id: str) -> Operation:
+        async with self.db.uow(write=False) as uow:
+            op = await uow.operations.get(op_id)
+        if op is None or not _visible(ctx, op):
+            raise NotFound.resource("operation", op_id)
+        return op
+
+    async def wait(self, ctx: RequestContext, op_id: str, seconds: float) -> Operation:
+        """Long-poll: return when the operation ends or ``seconds`` pass, whichever first."""
+        if seconds < 0 or seconds > MAX_WAIT_SECONDS:
+            raise InvalidRequest.for_field("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g}")
+        op = await self.get(ctx, op_id)
+        deadline = time.monotonic() + seconds
+        event = asyncio.Event()
+        self._waiters.setdefault(op_id, []).append(event)
+        try:
+            while not OperationState(op.state).finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # The bus wakes us at once in this process; the re-read every second
+                # covers operations finished by a worker in another process.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, 1.0))
+                event.clear()
+                op = await self.get(ctx, op_id)
+        finally:
+            waiters = self._waiters.get(op_id, [])
+            if event in waiters:
+                waiters.remove(event)
+            if not waiters:
+                self._waiters.pop(op_id, None)
+        return op
+
+    async def list(
+        self,
+        ctx: RequestContext,
+        *,
+        resource_id: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Operation]:
+        where: list[ColumnElement[bool]] = []
+        if not ctx.principal.is_platform_admin:
+            where.append(Operation.tenant_id == ctx.principal.tenant_id)
+        elif tenant_id:
+            where.append(Operation.tenant_id == tenant_id)
+        if resource_id:
+            where.append(Operation.resource_id == resource_id)
+        if state:
+            where.append(Operation.state == state)
+        if kind:
+            where.append(Operation.kind == kind)
+        async with self.db.uow(write=False) as uow:
+            return await uow.operations.page(where, limit=limit, cursor=cursor)
+
+
+def _visible(ctx: RequestContext, op: Operation) -> bool:
+    return ctx.principal.is_platform_admin or op.tenant_id == ctx.principal.tenant_id
+
+
+def operation_view(op: Operation) -> dict[str, Any]:
+    """The operation as API.md shows it."""
+    return {
+        "id": op.id,
+        "kind": op.kind,
+        "tenant_id": op.tenant_id,
+        "resource_type": op.resource_type,
+        "resource_id": op.resource_id,
+        "state": op.state,
+        "progress": op.progress,
+        "attempts": op.attempts,
+        "error": op.error,
+        "result": op.result,
+        "request_id": op.request_id,
+        "created_at": op.created_at,
+        "started_at": op.started_at,
+        "finished_at": op.finished_at,
+    }

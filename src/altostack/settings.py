@@ -1,0 +1,119 @@
+"""One typed settings object for every process.
+
+Values come, highest priority first, from keyword arguments, ``ALTO_*`` environment
+variables, and an optional TOML file named by ``ALTO_CONFIG``. Keeping every knob here is
+what lets ``alto config show`` print the whole truth of a running deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "altostack"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can tune; secrets are ``SecretStr`` so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="ALTO_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    db: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    bus: str = Field("memory://", description="memory:// or nats://host:port")
+    driver: Literal["sim", "qemu"] = "sim"
+    sim_hosts: int = Field(1, ge=0, le=10000)
+
+    bootstrap_admin_password: SecretStr | None = None
+    token_ttl_seconds: int = Field(12 * 3600, ge=60)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+    idempotency_wait_seconds: float = Field(
+        30.0, description="How long a retry waits for a first request with the same key"
+    )
+    password_hash_time_cost: int = Field(3, ge=1)
+    password_hash_memory_kib: int = Field(65536, ge=8)
+
+    worker_concurrency: int = Field(8, ge=1, le=256)
+    operation_lease_seconds: float = Field(
+        30.0, gt=0, description="A worker that dies loses its claim on an operation after this"
+    )
+    operation_max_attempts: int = Field(5, ge=1)
+    worker_poll_seconds: float = Field(2.0, gt=0)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra modules imported at start (e.g. test-only operation kinds)",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def database_url(self) -> str:
+        """The URL in use: the explicit one, or the embedded SQLite file."""
+        if self.db:
+            return self.db
+        return f"sqlite+aiosqlite:///{self.data_dir / 'altostack.db'}"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with secrets and URL passwords hidden."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = "********" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["database_url"] = mask_url(self.database_url)
+        if out.get("db"):
+            out["db"] = mask_url(out["db"])
+        return out
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ALTO_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of ``scheme://user:password@host`` URLs."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:********@{host}"
+    return url
