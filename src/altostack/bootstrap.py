@@ -14,11 +14,16 @@ from altostack.controllers.registry import OperationRegistry
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
 from altostack.db.migrate import upgrade
+from altostack.services.apikeys import ApiKeyService
 from altostack.services.auth import AuthService
 from altostack.services.events import EventService
 from altostack.services.idempotency import IdempotencyService
 from altostack.services.operations import OperationService
 from altostack.services.passwords import Passwords
+from altostack.services.quotas import QuotaService
+from altostack.services.roles import RoleService
+from altostack.services.tenants import TenantService
+from altostack.services.users import UserService
 from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,6 +41,11 @@ class Container:
     idempotency: IdempotencyService
     registry: OperationRegistry
     worker: OperationWorker
+    quotas: QuotaService
+    tenants: TenantService
+    users: UserService
+    roles: RoleService
+    api_keys: ApiKeyService
     metrics: ApiMetrics
     run_worker: bool = True
     migrate: bool = True
@@ -83,18 +93,26 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     passwords = Passwords(settings.password_hash_time_cost, settings.password_hash_memory_kib)
     events = EventService(db)
     registry = overrides.pop("registry", None) or OperationRegistry()
+    master_key = settings.master_key()
+    auth = AuthService(db, settings, passwords, master_key)
+    quotas = QuotaService(db, settings.default_quotas, settings.region)
     container = Container(
         settings=settings,
         db=db,
         bus=bus,
         passwords=passwords,
-        auth=AuthService(db, settings, passwords),
+        auth=auth,
         operations=OperationService(db, bus),
         events=events,
         idempotency=IdempotencyService(settings.idempotency_ttl_seconds),
         registry=registry,
         worker=OperationWorker(db, bus, registry, settings, events),
         metrics=ApiMetrics(),
+        quotas=quotas,
+        tenants=TenantService(db, passwords, quotas, auth),
+        users=UserService(db, passwords, auth, quotas),
+        roles=RoleService(db, auth),
+        api_keys=ApiKeyService(db, quotas, auth, master_key),
         **overrides,
     )
     for name in settings.plugins:

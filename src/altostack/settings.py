@@ -7,13 +7,16 @@ what lets ``alto config show`` print the whole truth of a running deployment.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -39,10 +42,22 @@ class Settings(BaseSettings):
 
     bootstrap_admin_password: SecretStr | None = None
     token_ttl_seconds: int = Field(12 * 3600, ge=60)
-    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=1)
     idempotency_wait_seconds: float = Field(
         30.0, description="How long a retry waits for a first request with the same key"
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Server secret (API-key secrets derive from it); default: generated "
+        "once into data_dir/secret.key. Clusters must set the same value on every API node.",
+    )
+    region: str = Field("default", min_length=1, max_length=64)
+    default_quotas: dict[str, int] = Field(
+        default_factory=dict, description="Overrides of the built-in default quota limits"
+    )
+    login_max_failures_user: int = Field(5, ge=1)
+    login_max_failures_ip: int = Field(20, ge=1)
+    login_lockout_seconds: int = Field(60, ge=1)
     password_hash_time_cost: int = Field(3, ge=1)
     password_hash_memory_kib: int = Field(65536, ge=8)
 
@@ -56,7 +71,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_seconds: float = Field(20.0, ge=0)
-    plugins: list[str] = Field(
+    # NoDecode: ALTO_PLUGINS is a comma-separated list, not JSON (the validator splits it).
+    plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Extra modules imported at start (e.g. test-only operation kinds)",
     )
@@ -65,8 +81,25 @@ class Settings(BaseSettings):
     @classmethod
     def _split_plugins(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def master_key(self) -> bytes:
+        """The server secret: configured, or created once (0600) in the data directory."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process of this node won the race
+                return path.read_text().strip().encode()
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
 
     @property
     def database_url(self) -> str:

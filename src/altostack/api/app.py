@@ -11,12 +11,32 @@ from fastapi import FastAPI
 from altostack import __version__
 from altostack.api import problems
 from altostack.api.middleware import ApiMiddleware
-from altostack.api.routers import auth, events, health, operations
+from altostack.api.routers import (
+    api_keys,
+    auth,
+    events,
+    health,
+    operations,
+    quotas,
+    roles,
+    tenants,
+    users,
+)
 
 if TYPE_CHECKING:
     from altostack.bootstrap import Container
 
-ROUTERS = [health.router, auth.router, operations.router, events.router]
+ROUTERS = [
+    health.router,
+    auth.router,
+    tenants.router,
+    users.router,
+    roles.router,
+    api_keys.router,
+    quotas.router,
+    operations.router,
+    events.router,
+]
 
 
 def create_app(

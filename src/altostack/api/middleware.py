@@ -34,6 +34,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = structlog.get_logger(__name__)
 
+SIGNED_SCHEME = "ALTO1-HMAC-SHA256"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY = 8 * 1024 * 1024
 REPLAY_HEADER = "idempotent-replayed"
@@ -157,7 +158,11 @@ class ApiMiddleware:
             await send(message)
 
         try:
-            principal = await self._authenticate(scope, state)
+            body: bytes | None = None
+            if (_header(scope, b"authorization") or "").startswith(SIGNED_SCHEME):
+                body = await _read_body(receive)  # the signature covers the body
+                receive = _replay_receive(body)
+            principal = await self._authenticate(scope, state, body)
             ctx = RequestContext(principal, request_id, source_ip) if principal else None
             state["ctx"] = ctx
             path: str = scope["path"]
@@ -187,7 +192,9 @@ class ApiMiddleware:
             json.dumps(body).encode(),
         )
 
-    async def _authenticate(self, scope: Scope, state: dict[str, Any]) -> Principal | None:
+    async def _authenticate(
+        self, scope: Scope, state: dict[str, Any], body: bytes | None
+    ) -> Principal | None:
         header = _header(scope, b"authorization")
         if not header:
             return None
@@ -195,8 +202,18 @@ class ApiMiddleware:
             scheme, _, credentials = header.partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return await self.c.auth.authenticate_token(credentials.strip())
+            if scheme == SIGNED_SCHEME:
+                raw_path = scope.get("raw_path") or scope["path"].encode()
+                return await self.c.auth.authenticate_signature(
+                    header,
+                    method=scope["method"],
+                    path=raw_path.decode("latin-1"),
+                    query=scope.get("query_string", b""),
+                    body=body or b"",
+                )
             raise Unauthenticated(
-                "unsupported Authorization scheme; use 'Bearer <token>' from POST /v1/auth/tokens"
+                "unsupported Authorization scheme; use 'Bearer <token>' from "
+                f"POST /v1/auth/tokens or a signed '{SIGNED_SCHEME}' request"
             )
         except DomainError as exc:
             state["auth_error"] = exc
@@ -227,7 +244,16 @@ class ApiMiddleware:
         else:
             idem = None
         try:
-            captured, replayed = await self._run_in_transaction(scope, body, ctx, idem)
+            if principal is None:
+                # Only logging in (or a 401) happens without a caller: the service keeps
+                # its own transactions, e.g. to count a failed attempt that must survive.
+                captured, replayed = _Captured(), False
+                await self.app(scope, _replay_receive(body), captured.send)
+                ctx = scope["state"].get("ctx")
+                if captured.status < 400 and ctx is not None:
+                    await self.c.events.record(self._event(scope, ctx, captured, "success"))
+            else:
+                captured, replayed = await self._run_in_transaction(scope, body, ctx, idem)
         except Exception as exc:
             log.exception("mutation crashed", path=scope.get("path"), exc_info=exc)
             captured, replayed = _crashed(scope), False

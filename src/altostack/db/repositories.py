@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from altostack.db.models import (
+    ApiKey,
     AuthToken,
     Base,
     Event,
@@ -196,6 +197,21 @@ class OperationRepository(Repository[Operation]):
             select(Operation.state, func.count()).group_by(Operation.state)
         )
         return {state: int(n) for state, n in rows.all()}
+
+
+class ApiKeyRepository(Repository[ApiKey]):
+    model = ApiKey
+
+    async def with_owner(self, key_id: str) -> tuple[ApiKey, User, Tenant] | None:
+        row = (
+            await self.session.execute(
+                select(ApiKey, User, Tenant)
+                .join(User, User.id == ApiKey.user_id)
+                .join(Tenant, Tenant.id == User.tenant_id)
+                .where(ApiKey.id == key_id)
+            )
+        ).first()
+        return (row[0], row[1], row[2]) if row else None
 
 
 class EventRepository(Repository[Event]):

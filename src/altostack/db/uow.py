@@ -21,6 +21,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from altostack.db.repositories import (
+    ApiKeyRepository,
     EventRepository,
     IdempotencyRepository,
     OperationRepository,
@@ -73,6 +74,7 @@ class UnitOfWork:
         self.operations = OperationRepository(session)
         self.events = EventRepository(session)
         self.idempotency = IdempotencyRepository(session)
+        self.api_keys = ApiKeyRepository(session)
 
     async def __aexit__(
         self,

@@ -8,7 +8,9 @@ drops the cache entry at once, in this process and, over the bus, in every other
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -17,13 +19,16 @@ from datetime import datetime, timedelta
 import structlog
 
 from altostack.bus import Bus, Message
+from altostack.client import signing
 from altostack.db.database import Database
 from altostack.db.models import AuthToken, Tenant, User
 from altostack.db.types import utcnow
 from altostack.domain.errors import InvalidRequest, Unauthenticated
 from altostack.domain.ids import new_id
+from altostack.services import login_throttle
 from altostack.services.context import Principal
 from altostack.services.passwords import Passwords
+from altostack.services.roles import permissions_of
 from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,7 +51,27 @@ class IssuedToken:
     tenant: Tenant
 
 
-def principal_for(user: User, tenant: Tenant, method: str, credential: str | None) -> Principal:
+def _check_active(user: User, tenant: Tenant) -> None:
+    if user.status != "active":
+        raise Unauthenticated(f"user {user.username!r} is {user.status}")
+    if tenant.status == "deleted":
+        raise Unauthenticated(f"tenant {tenant.name!r} is deleted")
+
+
+def derive_secret(master: bytes, key_id: str, nonce: str) -> str:
+    """An API key's secret, recomputed from the server's key; never stored anywhere."""
+    digest = hmac.new(master, f"{key_id}:{nonce}".encode(), hashlib.sha256).digest()
+    return "sk_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def principal_for(
+    user: User,
+    tenant: Tenant,
+    method: str,
+    credential: str | None,
+    permissions: tuple[str, ...] = (),
+    key_permissions: tuple[str, ...] | None = None,
+) -> Principal:
     return Principal(
         user_id=user.id,
         username=user.username,
@@ -57,15 +82,27 @@ def principal_for(user: User, tenant: Tenant, method: str, credential: str | Non
         auth_method=method,
         tenant_status=tenant.status,
         credential_id=credential,
+        permissions=permissions,
+        key_permissions=key_permissions,
+        scope_tags=dict(user.scope_tags or {}),
     )
 
 
 class AuthService:
-    def __init__(self, db: Database, settings: Settings, passwords: Passwords) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, passwords: Passwords, master_key: bytes
+    ) -> None:
         self.db = db
         self.settings = settings
         self.passwords = passwords
+        self.master_key = master_key
+        self.throttle = login_throttle.ThrottlePolicy(
+            user_max_failures=settings.login_max_failures_user,
+            ip_max_failures=settings.login_max_failures_ip,
+            lockout_seconds=settings.login_lockout_seconds,
+        )
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._key_nonces: dict[str, str] = {}
         self._bus: Bus | None = None
 
     async def attach_bus(self, bus: Bus) -> None:
@@ -73,7 +110,10 @@ class AuthService:
         await bus.subscribe(INVALIDATE_SUBJECT, self._on_invalidate)
 
     async def _on_invalidate(self, message: Message) -> None:
-        self._drop(message.data.get("user_id"))
+        if "key_id" in message.data:
+            self._cache.pop("key:" + str(message.data["key_id"]), None)
+        else:
+            self._drop(message.data.get("user_id"))
 
     def _drop(self, user_id: str | None) -> None:
         for key, (principal, _) in list(self._cache.items()):
@@ -86,21 +126,28 @@ class AuthService:
         if self._bus is not None:
             await self._bus.publish(INVALIDATE_SUBJECT, {"user_id": user_id})
 
-    async def login(self, tenant_name: str, username: str, password: str) -> IssuedToken:
+    async def login(
+        self, tenant_name: str, username: str, password: str, source_ip: str | None = None
+    ) -> IssuedToken:
+        keys = [login_throttle.user_key(tenant_name, username), login_throttle.ip_key(source_ip)]
         async with self.db.uow() as uow:
+            await login_throttle.check(uow, keys)
             tenant = await uow.tenants.by_name(tenant_name)
             user = await uow.users.by_login(tenant.id, username) if tenant else None
-            ok = await self.passwords.verify(
-                user.password_hash if user else self.passwords.dummy_hash, password
-            )
-            if not (tenant and user and ok):
-                raise Unauthenticated("wrong tenant, username or password")
-            if user.status != "active":
-                raise Unauthenticated(f"user {username!r} is {user.status}")
-            if tenant.status == "deleted":
-                raise Unauthenticated(f"tenant {tenant_name!r} is deleted")
-            token = "alto_" + secrets.token_urlsafe(32)
-            expires_at = utcnow() + timedelta(seconds=self.settings.token_ttl_seconds)
+        ok = await self.passwords.verify(
+            user.password_hash if user else self.passwords.dummy_hash, password
+        )
+        if not (tenant and user and ok):
+            async with self.db.uow() as uow:
+                await login_throttle.record_failure(uow, self.throttle, keys)
+                await uow.commit()
+            raise Unauthenticated("wrong tenant, username or password")
+        if user.status != "active":
+            raise Unauthenticated(f"user {username!r} is {user.status}")
+        token = "alto_" + secrets.token_urlsafe(32)
+        expires_at = utcnow() + timedelta(seconds=self.settings.token_ttl_seconds)
+        async with self.db.uow() as uow:
+            await login_throttle.record_success(uow, keys[0])
             uow.tokens.add(
                 AuthToken(
                     id=new_id("tok"),
@@ -121,23 +168,74 @@ class AuthService:
             return cached[0]
         async with self.db.uow(write=False) as uow:
             found = await uow.tokens.active_with_user(key)
-        if found is None:
-            raise Unauthenticated("the bearer token is not valid; log in again")
-        record, user, tenant = found
-        if record.revoked_at is not None:
-            raise Unauthenticated("the bearer token was revoked; log in again")
-        if record.expires_at <= utcnow():
-            raise Unauthenticated("the bearer token has expired; log in again")
-        if user.status != "active":
-            raise Unauthenticated(f"user {user.username!r} is {user.status}")
-        if tenant.status == "deleted":
-            raise Unauthenticated(f"tenant {tenant.name!r} is deleted")
-        principal = principal_for(user, tenant, "token", record.id)
+            if found is None:
+                raise Unauthenticated("the bearer token is not valid; log in again")
+            record, user, tenant = found
+            if record.revoked_at is not None:
+                raise Unauthenticated("the bearer token was revoked; log in again")
+            if record.expires_at <= utcnow():
+                raise Unauthenticated("the bearer token has expired; log in again")
+            _check_active(user, tenant)
+            permissions = await permissions_of(uow, tenant.id, user.role)
+        principal = principal_for(user, tenant, "token", record.id, permissions)
         ttl = min(_CACHE_SECONDS, (record.expires_at - utcnow()).total_seconds())
-        self._cache[key] = (principal, now + ttl)
+        self._remember(key, principal, now + ttl)
+        return principal
+
+    async def authenticate_signature(
+        self, header: str, *, method: str, path: str, query: bytes, body: bytes
+    ) -> Principal:
+        """Check an ``ALTO1-HMAC-SHA256`` signed request (API.md) and return its caller."""
+        try:
+            signed = signing.parse_authorization(header)
+        except signing.SignatureError as exc:
+            raise Unauthenticated(str(exc)) from exc
+        cache_key = "key:" + signed.key_id
+        cached = self._cache.get(cache_key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            principal = await self._load_key_principal(signed.key_id)
+            self._remember(cache_key, principal, now + _CACHE_SECONDS)
+        nonce = self._key_nonces[signed.key_id]
+        secret = derive_secret(self.master_key, signed.key_id, nonce)
+        try:
+            signing.verify(
+                secret, signed, method=method, path=path, query=query, body=body, now=time.time()
+            )
+        except signing.SignatureError as exc:
+            raise Unauthenticated(str(exc)) from exc
+        return principal
+
+    async def _load_key_principal(self, key_id: str) -> Principal:
+        async with self.db.uow(write=False) as uow:
+            found = await uow.api_keys.with_owner(key_id)
+            if found is None:
+                raise Unauthenticated(f"unknown API key {key_id!r}")
+            key, user, tenant = found
+            if key.status != "active":
+                raise Unauthenticated(f"API key {key_id!r} was revoked")
+            if key.expires_at is not None and key.expires_at <= utcnow():
+                raise Unauthenticated(
+                    f"API key {key_id!r} expired at {key.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+                )
+            _check_active(user, tenant)
+            permissions = await permissions_of(uow, tenant.id, user.role)
+            narrowed = await permissions_of(uow, tenant.id, key.role) if key.role else None
+        self._key_nonces[key_id] = key.nonce
+        return principal_for(user, tenant, "apikey", key_id, permissions, narrowed)
+
+    def _remember(self, key: str, principal: Principal, until: float) -> None:
         if len(self._cache) > 10000:
             self._cache.clear()
-        return principal
+        self._cache[key] = (principal, until)
+
+    async def forget_key(self, key_id: str) -> None:
+        """Revocation takes effect at once, here and in every process on the bus."""
+        self._cache.pop("key:" + key_id, None)
+        if self._bus is not None:
+            await self._bus.publish(INVALIDATE_SUBJECT, {"key_id": key_id})
 
     async def logout(self, token: str) -> None:
         key = hash_token(token)

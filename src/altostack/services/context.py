@@ -17,6 +17,10 @@ class Principal:
     auth_method: str  # "token" | "apikey" | "system"
     tenant_status: str = "active"
     credential_id: str | None = None
+    permissions: tuple[str, ...] = ()
+    # An API key created with a narrower role: the caller gets the intersection.
+    key_permissions: tuple[str, ...] | None = None
+    scope_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def display(self) -> str:
@@ -31,6 +35,7 @@ SYSTEM = Principal(
     role="system",
     is_platform_admin=True,
     auth_method="system",
+    permissions=("*:*",),
 )
 
 

@@ -23,8 +23,10 @@ async def login(body: TokenRequest, c: C, request: Request) -> TokenOut:
     """Exchange tenant + username + password for a bearer token."""
     state = request.scope["state"]
     state["audit_details"] = {"tenant": body.tenant, "username": body.username}
-    issued = await c.auth.login(body.tenant, body.username, body.password)
     client = request.client
+    issued = await c.auth.login(
+        body.tenant, body.username, body.password, client.host if client else None
+    )
     state["ctx"] = RequestContext(
         principal_for(issued.user, issued.tenant, "password", None),
         state["request_id"],
