@@ -84,13 +84,15 @@ class OperationWorker:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Clear before polling: a notification that arrives during the poll must
+            # trigger another poll at once, not wait out the interval.
+            self._wake.clear()
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("operation poll failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)
 
@@ -119,6 +121,7 @@ class OperationWorker:
         for op_id, running in list(self._running.items()):
             if running is task:
                 del self._running[op_id]
+        self._wake.set()  # a slot is free: look for queued work now, not at the next tick
 
     async def _claim(self, op_id: str) -> Operation | None:
         now = utcnow()
