@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -52,7 +53,9 @@ async def test_signature_refusals(client, admin):
     r = await client.request(**stale)
     assert r.status_code == 401 and "behind the server clock" in r.json()["detail"]
 
-    tampered = signed(kid, secret, "POST", "/v1/roles", body={"name": "a", "permissions": ["vm:read"]})
+    tampered = signed(
+        kid, secret, "POST", "/v1/roles", body={"name": "a", "permissions": ["vm:read"]}
+    )
     tampered["content"] = tampered["content"].replace(b'"a"', b'"b"')
     r = await client.request(**tampered)
     assert r.status_code == 401 and "signature does not match" in r.json()["detail"]
@@ -79,10 +82,12 @@ async def test_signature_refusals(client, admin):
 async def test_expiry_and_role_narrowing(client, admin):
     _, owner = await make_tenant(client, admin, "narrow")
     past_soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    r = await client.post("/v1/api-keys", json={"expires_at": "2000-01-01T00:00:00Z"}, headers=owner)
+    r = await client.post(
+        "/v1/api-keys", json={"expires_at": "2000-01-01T00:00:00Z"}, headers=owner
+    )
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "expires_at"
     short = await _key(client, owner, expires_at=past_soon)
-    time.sleep(1.2)
+    await asyncio.sleep(1.2)
     r = await client.request(**signed(short["id"], short["secret"], "GET", "/v1/auth/whoami"))
     assert r.status_code == 401 and "expired" in r.json()["detail"]
 

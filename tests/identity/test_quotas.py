@@ -15,9 +15,13 @@ async def test_show_and_set(client, admin):
     assert body["quotas"]["vms"] == {"limit": 20, "usage": 0, "default": True}
     assert set(body["quotas"]) >= {"vcpus", "memory_mib", "api_keys", "load_balancers"}
 
-    r = await client.put(f"/v1/quotas/{tenant['id']}", json={"vms": 3, "api_keys": -1}, headers=owner)
+    r = await client.put(
+        f"/v1/quotas/{tenant['id']}", json={"vms": 3, "api_keys": -1}, headers=owner
+    )
     assert r.status_code == 403
-    r = await client.put(f"/v1/quotas/{tenant['id']}", json={"vms": 3, "api_keys": -1}, headers=admin)
+    r = await client.put(
+        f"/v1/quotas/{tenant['id']}", json={"vms": 3, "api_keys": -1}, headers=admin
+    )
     assert r.status_code == 200
     assert r.json()["quotas"]["vms"] == {"limit": 3, "usage": 0, "default": False}
     r = await client.put(f"/v1/quotas/{tenant['id']}", json={"vms": None}, headers=admin)
@@ -49,7 +53,9 @@ async def test_parallel_creates_never_exceed_quota(client, admin):
     # Revoking frees quota; lowering a limit below usage touches nothing existing.
     key_id = next(r.json()["id"] for r in responses if r.status_code == 201)
     assert (await client.delete(f"/v1/api-keys/{key_id}", headers=owner)).status_code == 204
-    assert (await client.get("/v1/quotas", headers=owner)).json()["quotas"]["api_keys"]["usage"] == 9
+    assert (await client.get("/v1/quotas", headers=owner)).json()["quotas"]["api_keys"][
+        "usage"
+    ] == 9
     await client.put(f"/v1/quotas/{tenant['id']}", json={"api_keys": 2}, headers=admin)
     r = await client.get("/v1/api-keys?status=active", headers=owner)
     assert len(r.json()["items"]) == 9

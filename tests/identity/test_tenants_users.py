@@ -35,17 +35,13 @@ async def test_tenant_life_cycle(client, admin, container):
     r = await client.post(f"/v1/tenants/{tenant['id']}/actions/freeze", headers=admin)
     assert r.status_code == 200 and r.json()["status"] == "frozen"
     assert (await client.get("/v1/quotas", headers=owner)).status_code == 200
-    r = await client.post(
-        "/v1/users", json={"username": "u1", "password": PASSWORD}, headers=owner
-    )
+    r = await client.post("/v1/users", json={"username": "u1", "password": PASSWORD}, headers=owner)
     assert r.status_code == 403 and r.json()["reason"] == "tenant_frozen"
     r = await client.post("/v1/api-keys", json={}, headers=owner)
     assert r.status_code == 403 and "frozen" in r.json()["detail"]
     r = await client.post(f"/v1/tenants/{tenant['id']}/actions/unfreeze", headers=admin)
     assert r.json()["status"] == "active"
-    r = await client.post(
-        "/v1/users", json={"username": "u1", "password": PASSWORD}, headers=owner
-    )
+    r = await client.post("/v1/users", json={"username": "u1", "password": PASSWORD}, headers=owner)
     assert r.status_code == 201
 
     # Delete only when empty: a resource counted in a quota blocks deletion.
@@ -69,7 +65,9 @@ async def test_tenant_life_cycle(client, admin, container):
 async def test_system_tenant_is_protected(client, admin):
     r = await client.get("/v1/tenants?name=system", headers=admin)
     system = r.json()["items"][0]
-    assert (await client.post(f"/v1/tenants/{system['id']}/actions/freeze", headers=admin)).status_code == 409
+    assert (
+        await client.post(f"/v1/tenants/{system['id']}/actions/freeze", headers=admin)
+    ).status_code == 409
     assert (await client.delete(f"/v1/tenants/{system['id']}", headers=admin)).status_code == 409
 
 
@@ -78,7 +76,8 @@ async def test_usernames_unique_per_tenant(client, admin):
     _, owner_b = await make_tenant(client, admin, "beta")
     await make_user(client, owner_a, "alpha", "dev", "operator")
     r = await client.post(
-        "/v1/users", json={"username": "dev", "password": PASSWORD, "role": "readonly"},
+        "/v1/users",
+        json={"username": "dev", "password": PASSWORD, "role": "readonly"},
         headers=owner_a,
     )
     assert r.status_code == 409
@@ -144,8 +143,12 @@ async def test_admin_creates_user_in_tenant(client, admin):
     tenant, _ = await make_tenant(client, admin, "delta")
     r = await client.post(
         "/v1/users",
-        json={"username": "helper", "password": PASSWORD, "role": "admin",
-              "tenant_id": tenant["id"]},
+        json={
+            "username": "helper",
+            "password": PASSWORD,
+            "role": "admin",
+            "tenant_id": tenant["id"],
+        },
         headers=admin,
     )
     assert r.status_code == 201 and r.json()["tenant_id"] == tenant["id"]

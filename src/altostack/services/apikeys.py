@@ -96,8 +96,12 @@ class ApiKeyService:
         authz.require(ctx, perm, tenant_id=key.tenant_id if key else None, kind="API key",
                       ident=key_id)  # fmt: skip
         assert key is not None
-        if key.user_id != ctx.principal.user_id and not authz.can(ctx.principal, "user:update"):
-            raise PermissionDenied("this API key belongs to another user")
+        foreign = key.user_id != ctx.principal.user_id
+        if foreign and not perm.endswith(":read") and not authz.can(ctx.principal, "user:update"):
+            raise PermissionDenied(
+                "this API key belongs to another user; revoking it needs 'user:update'",
+                extra={"permission": "user:update"},
+            )
         return key
 
     async def get(self, ctx: RequestContext, key_id: str) -> dict[str, Any]:
@@ -119,8 +123,6 @@ class ApiKeyService:
         target = authz.tenant_filter(ctx, tenant_id)
         if target:
             where.append(ApiKey.tenant_id == target)
-        if not authz.can(ctx.principal, "user:update"):
-            where.append(ApiKey.user_id == ctx.principal.user_id)
         if user_id:
             where.append(ApiKey.user_id == user_id)
         if status:

@@ -18,6 +18,7 @@ from altostack.db.repositories import Page
 from altostack.db.uow import UnitOfWork
 from altostack.domain.errors import InvalidRequest
 from altostack.domain.ids import new_id
+from altostack.services import authz
 from altostack.services.context import Principal, RequestContext
 
 RESULTS = ("success", "failure")
@@ -89,11 +90,11 @@ class EventService:
         if since and until and since > until:
             raise InvalidRequest.for_field("since", "must not be after 'until'")
         since, until = _utc(since), _utc(until)
+        authz.require(ctx, "event:read")
         where: list[ColumnElement[bool]] = []
-        if not ctx.principal.is_platform_admin:
-            where.append(Event.tenant_id == ctx.principal.tenant_id)
-        elif tenant_id:
-            where.append(Event.tenant_id == tenant_id)
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(Event.tenant_id == target)
         if since:
             where.append(Event.time >= since)
         if until:

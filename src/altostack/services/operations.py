@@ -20,9 +20,10 @@ from altostack.db.database import Database
 from altostack.db.models import Operation
 from altostack.db.repositories import Page
 from altostack.db.uow import UnitOfWork
-from altostack.domain.errors import InvalidRequest, NotFound
+from altostack.domain.errors import InvalidRequest
 from altostack.domain.ids import new_id
 from altostack.domain.operations import OperationState
+from altostack.services import authz
 from altostack.services.context import RequestContext
 
 CREATED_SUBJECT = "operations.created"
@@ -81,8 +82,11 @@ class OperationService:
     async def get(self, ctx: RequestContext, op_id: str) -> Operation:
         async with self.db.uow(write=False) as uow:
             op = await uow.operations.get(op_id)
-        if op is None or not _visible(ctx, op):
-            raise NotFound.resource("operation", op_id)
+        authz.require(
+            ctx, "operation:read", tenant_id=op.tenant_id if op else None,
+            kind="operation", ident=op_id,
+        )  # fmt: skip
+        assert op is not None
         return op
 
     async def wait(self, ctx: RequestContext, op_id: str, seconds: float) -> Operation:
@@ -123,11 +127,11 @@ class OperationService:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[Operation]:
+        authz.require(ctx, "operation:read")
         where: list[ColumnElement[bool]] = []
-        if not ctx.principal.is_platform_admin:
-            where.append(Operation.tenant_id == ctx.principal.tenant_id)
-        elif tenant_id:
-            where.append(Operation.tenant_id == tenant_id)
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(Operation.tenant_id == target)
         if resource_id:
             where.append(Operation.resource_id == resource_id)
         if state:
@@ -136,10 +140,6 @@ class OperationService:
             where.append(Operation.kind == kind)
         async with self.db.uow(write=False) as uow:
             return await uow.operations.page(where, limit=limit, cursor=cursor)
-
-
-def _visible(ctx: RequestContext, op: Operation) -> bool:
-    return ctx.principal.is_platform_admin or op.tenant_id == ctx.principal.tenant_id
 
 
 def operation_view(op: Operation) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from altostack.api.deps import C, Ctx, Paging
+from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.identity_schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from altostack.api.schemas import PROBLEMS, ListOf
 from altostack.services.apikeys import key_view
@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated, name="apikey.create",
+    openapi_extra=permission("apikey:create"),
              responses=PROBLEMS)  # fmt: skip
 async def create_key(body: ApiKeyCreate, ctx: Ctx, c: C, response: Response) -> ApiKeyCreated:
     """Create a key for the caller; the secret is in this response only."""
@@ -25,7 +26,13 @@ async def create_key(body: ApiKeyCreate, ctx: Ctx, c: C, response: Response) -> 
     return ApiKeyCreated.model_validate(out)
 
 
-@router.get("", response_model=ListOf[ApiKeyOut], name="apikey.list", responses=PROBLEMS)
+@router.get(
+    "",
+    response_model=ListOf[ApiKeyOut],
+    name="apikey.list",
+    openapi_extra=permission("apikey:read"),
+    responses=PROBLEMS,
+)
 async def list_keys(
     ctx: Ctx,
     c: C,
@@ -48,12 +55,24 @@ async def list_keys(
     )
 
 
-@router.get("/{id}", response_model=ApiKeyOut, name="apikey.get", responses=PROBLEMS)
+@router.get(
+    "/{id}",
+    response_model=ApiKeyOut,
+    name="apikey.get",
+    openapi_extra=permission("apikey:read"),
+    responses=PROBLEMS,
+)
 async def get_key(id: str, ctx: Ctx, c: C) -> ApiKeyOut:
     return ApiKeyOut.model_validate(await c.api_keys.get(ctx, id))
 
 
-@router.delete("/{id}", status_code=204, name="apikey.delete", responses=PROBLEMS)
+@router.delete(
+    "/{id}",
+    status_code=204,
+    name="apikey.delete",
+    openapi_extra=permission("apikey:delete"),
+    responses=PROBLEMS,
+)
 async def revoke_key(id: str, ctx: Ctx, c: C) -> Response:
     """Revoke a key; requests signed with it fail from this moment."""
     await c.api_keys.revoke(ctx, id)

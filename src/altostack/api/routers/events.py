@@ -7,14 +7,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from altostack.api.deps import C, Ctx, Paging
+from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.schemas import PROBLEMS, EventOut, ListOf
 from altostack.services.events import event_view
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
-@router.get("", response_model=ListOf[EventOut], name="event.list", responses=PROBLEMS)
+@router.get(
+    "",
+    response_model=ListOf[EventOut],
+    name="event.list",
+    openapi_extra=permission("event:read"),
+    responses=PROBLEMS,
+)
 async def list_events(
     ctx: Ctx,
     c: C,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from altostack.api.deps import C, Ctx, Paging
+from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.schemas import PROBLEMS, ListOf, OperationOut
 from altostack.services.operations import MAX_WAIT_SECONDS, operation_view
 
@@ -15,7 +15,13 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"])
 State = Literal["pending", "running", "succeeded", "failed"]
 
 
-@router.get("", response_model=ListOf[OperationOut], name="operation.list", responses=PROBLEMS)
+@router.get(
+    "",
+    response_model=ListOf[OperationOut],
+    name="operation.list",
+    openapi_extra=permission("operation:read"),
+    responses=PROBLEMS,
+)
 async def list_operations(
     ctx: Ctx,
     c: C,
@@ -41,7 +47,13 @@ async def list_operations(
     )
 
 
-@router.get("/{id}", response_model=OperationOut, name="operation.get", responses=PROBLEMS)
+@router.get(
+    "/{id}",
+    response_model=OperationOut,
+    name="operation.get",
+    openapi_extra=permission("operation:read"),
+    responses=PROBLEMS,
+)
 async def get_operation(
     id: str,
     ctx: Ctx,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from altostack.api.deps import C, Ctx, Paging
+from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.identity_schemas import (
     PasswordChange,
     PasswordReset,
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
 @router.post("", status_code=201, response_model=UserOut, name="user.create",
+    openapi_extra=permission("user:create"),
              responses=PROBLEMS)  # fmt: skip
 async def create_user(body: UserCreate, ctx: Ctx, c: C, response: Response) -> UserOut:
     out = await c.users.create(
@@ -35,7 +36,13 @@ async def create_user(body: UserCreate, ctx: Ctx, c: C, response: Response) -> U
     return UserOut.model_validate(out)
 
 
-@router.get("", response_model=ListOf[UserOut], name="user.list", responses=PROBLEMS)
+@router.get(
+    "",
+    response_model=ListOf[UserOut],
+    name="user.list",
+    openapi_extra=permission("user:read"),
+    responses=PROBLEMS,
+)
 async def list_users(
     ctx: Ctx,
     c: C,
@@ -68,13 +75,25 @@ async def change_password(body: PasswordChange, ctx: Ctx, c: C) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{id}", response_model=UserOut, name="user.get", responses=PROBLEMS)
+@router.get(
+    "/{id}",
+    response_model=UserOut,
+    name="user.get",
+    openapi_extra=permission("user:read"),
+    responses=PROBLEMS,
+)
 async def get_user(id: str, ctx: Ctx, c: C) -> UserOut:
     """A user; ``me`` is the caller."""
     return UserOut.model_validate(await c.users.get(ctx, id))
 
 
-@router.patch("/{id}", response_model=UserOut, name="user.update", responses=PROBLEMS)
+@router.patch(
+    "/{id}",
+    response_model=UserOut,
+    name="user.update",
+    openapi_extra=permission("user:update"),
+    responses=PROBLEMS,
+)
 async def update_user(id: str, body: UserUpdate, ctx: Ctx, c: C) -> UserOut:
     """Change a user's role or tag scope."""
     out = await c.users.update(ctx, id, role=body.role, scope_tags=body.scope_tags)
@@ -82,6 +101,7 @@ async def update_user(id: str, body: UserUpdate, ctx: Ctx, c: C) -> UserOut:
 
 
 @router.post("/{id}/actions/disable", response_model=UserOut, name="user.disable",
+    openapi_extra=permission("user:disable"),
              responses=PROBLEMS)  # fmt: skip
 async def disable_user(id: str, ctx: Ctx, c: C) -> UserOut:
     """Block the user; their tokens and keys stop working at once."""
@@ -89,19 +109,27 @@ async def disable_user(id: str, ctx: Ctx, c: C) -> UserOut:
 
 
 @router.post("/{id}/actions/enable", response_model=UserOut, name="user.enable",
+    openapi_extra=permission("user:enable"),
              responses=PROBLEMS)  # fmt: skip
 async def enable_user(id: str, ctx: Ctx, c: C) -> UserOut:
     return UserOut.model_validate(await c.users.set_status(ctx, id, "active"))
 
 
 @router.post("/{id}/actions/reset-password", response_model=UserOut,
-             name="user.reset-password", responses=PROBLEMS)  # fmt: skip
+             name="user.reset-password",
+    openapi_extra=permission("user:reset-password"), responses=PROBLEMS)  # fmt: skip
 async def reset_password(id: str, body: PasswordReset, ctx: Ctx, c: C) -> UserOut:
     """Set a new password for another user; their sessions end."""
     return UserOut.model_validate(await c.users.reset_password(ctx, id, body.password))
 
 
-@router.delete("/{id}", status_code=204, name="user.delete", responses=PROBLEMS)
+@router.delete(
+    "/{id}",
+    status_code=204,
+    name="user.delete",
+    openapi_extra=permission("user:delete"),
+    responses=PROBLEMS,
+)
 async def delete_user(id: str, ctx: Ctx, c: C) -> Response:
     await c.users.delete(ctx, id)
     return Response(status_code=204)
