@@ -10,6 +10,7 @@ import structlog
 
 from altostack.api.metrics import ApiMetrics
 from altostack.bus import Bus, connect
+from altostack.controllers.janitor import Janitor
 from altostack.controllers.registry import OperationRegistry
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
@@ -46,6 +47,7 @@ class Container:
     users: UserService
     roles: RoleService
     api_keys: ApiKeyService
+    janitor: Janitor
     metrics: ApiMetrics
     run_worker: bool = True
     migrate: bool = True
@@ -61,10 +63,12 @@ class Container:
         self.bootstrap_password = await self.auth.bootstrap()
         if self.run_worker:
             await self.worker.start()
+            self.janitor.start()
         self.started = True
 
     async def stop(self) -> None:
         if self.run_worker:
+            await self.janitor.stop()
             await self.worker.stop()
         await self.bus.close()
         await self.db.dispose()
@@ -113,6 +117,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         users=UserService(db, passwords, auth, quotas),
         roles=RoleService(db, auth),
         api_keys=ApiKeyService(db, quotas, auth, master_key),
+        janitor=Janitor(db, settings.janitor_interval_seconds),
         **overrides,
     )
     for name in settings.plugins:

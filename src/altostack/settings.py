@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     operation_max_attempts: int = Field(5, ge=1)
     worker_poll_seconds: float = Field(2.0, gt=0)
 
+    janitor_interval_seconds: float = Field(300.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_seconds: float = Field(20.0, ge=0)
