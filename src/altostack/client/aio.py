@@ -114,7 +114,7 @@ class AsyncClient(BaseClient):
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON of a successful call; a typed ``ApiError`` otherwise."""
-        return self._decode(await self.send(method, path, **kwargs))
+        return self.decode(await self.send(method, path, **kwargs))
 
     async def get(self, path: str, params: QueryArg = None, **kwargs: Any) -> Any:
         return await self.request("GET", path, params=params, **kwargs)

@@ -119,7 +119,7 @@ class BaseClient:
         return httpx.Timeout(timeout if timeout is not None else self.timeout)
 
     @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def decode(response: httpx.Response) -> Any:
         """The JSON of a success, None for an empty one; the typed error otherwise."""
         if response.status_code >= 400:
             raise from_response(response)

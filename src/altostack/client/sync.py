@@ -115,7 +115,7 @@ class Client(BaseClient):
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON of a successful call; a typed ``ApiError`` otherwise."""
-        return self._decode(self.send(method, path, **kwargs))
+        return self.decode(self.send(method, path, **kwargs))
 
     def get(self, path: str, params: QueryArg = None, **kwargs: Any) -> Any:
         return self.request("GET", path, params=params, **kwargs)
