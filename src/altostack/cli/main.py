@@ -7,12 +7,47 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="Altostack private cloud", no_args_is_help=True)
+from altostack.cli.commands import (
+    apikeys,
+    config,
+    events,
+    ops,
+    quotas,
+    roles,
+    session,
+    tenants,
+    users,
+)
+from altostack.cli.errors import AltoGroup
+from altostack.cli.state import CliState, OutputFormat
+
+app = typer.Typer(help="Altostack private cloud", no_args_is_help=True, cls=AltoGroup)
 
 
 @app.callback()
-def root() -> None:
+def root(
+    ctx: typer.Context,
+    output: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--output",
+            "-o",
+            envvar="ALTO_OUTPUT",
+            case_sensitive=False,
+            help="table for people; json or yaml print the raw API objects",
+        ),
+    ] = OutputFormat.table,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Credentials profile to use [ALTO_PROFILE, else 'default']"),
+    ] = None,
+) -> None:
     """Altostack: run the cloud (`alto up`) and manage it."""
+    state = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
+    state.output = output
+    state.profile = profile or state.profile
+    ctx.obj = state
+    ctx.call_on_close(state.close)
 
 
 @app.command()
@@ -42,5 +77,20 @@ def up(
     serve(settings)
 
 
+session.register(app)
+events.register(app)
+app.add_typer(ops.app, name="ops")
+app.add_typer(config.app, name="config")
+app.add_typer(tenants.app, name="tenant")
+app.add_typer(users.app, name="user")
+app.add_typer(roles.app, name="role")
+app.add_typer(apikeys.app, name="apikey")
+app.add_typer(quotas.app, name="quota")
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
