@@ -428,7 +428,7 @@ def test_wait_operation_reports_progress() -> None:
     )
     assert op["state"] == "succeeded"
     assert reports == [("pending", 0), ("running", 40), ("succeeded", 100)]
-    assert all(float(r.url.params["wait"]) <= 2 for r in seen)
+    assert all(float(r.url.params["wait"]) <= 1 for r in seen)
 
 
 def test_wait_operation_failure_and_timeout() -> None:
@@ -476,3 +476,31 @@ async def test_async_client_pages_and_retries() -> None:
     assert len(posts) == 2
     assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]
     assert posts[0].headers["authorization"] == "Bearer t"
+
+
+async def test_async_client_signs_and_waits() -> None:
+    seen: list[httpx.Request] = []
+    answers = [("running", 50), ("succeeded", 100)]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        signed = signing.parse_authorization(request.headers["authorization"])
+        signing.verify(
+            "sec",
+            signed,
+            method=request.method,
+            path=request.url.raw_path.split(b"?")[0].decode(),
+            query=request.url.query,
+            body=request.content,
+            now=signed.timestamp,
+        )
+        state, progress = answers[min(len(seen) - 1, 1)]
+        return httpx.Response(200, json={"id": "op-1", "state": state, "progress": progress})
+
+    reports: list[int] = []
+    client = AsyncClient(
+        URL, access_key_id="key-1", secret_access_key="sec", transport=httpx.MockTransport(handler)
+    )
+    op = await client.wait_operation("op-1", 10, lambda o: reports.append(o["progress"]))
+    await client.aclose()
+    assert op["state"] == "succeeded" and reports == [50, 100]

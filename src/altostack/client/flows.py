@@ -87,7 +87,7 @@ class OperationWait:
         timeout: float | None,
         on_progress: ProgressCallback | None,
         *,
-        progress_poll: float = 2.0,
+        progress_poll: float = 1.0,
         quiet_poll: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
