@@ -74,3 +74,8 @@ def test_platform_only_collections():
     with pytest.raises(PermissionDenied, match="platform administrators"):
         authz.require(ctx(["*:*"]), "tenant:create")
     authz.require(ctx(["*:*"], admin=True), "tenant:create")
+
+
+def test_missing_resource_is_404_even_for_platform_admins():
+    with pytest.raises(NotFound):
+        authz.require(ctx(["*:*"], admin=True), "operation:read", tenant_id=None, ident="op-x")

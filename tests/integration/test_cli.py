@@ -144,11 +144,6 @@ def test_bad_password_is_refused_and_logged(server: str, creds_file: Path) -> No
     assert failures and failures[0]["result"] == "failure"
 
 
-@pytest.mark.xfail(
-    reason="server bug: OperationService.get asserts instead of raising NotFound when a "
-    "platform admin asks for an unknown operation id (500 instead of 404)",
-    strict=False,
-)
 def test_unknown_operation_is_not_found(server: str, creds_file: Path) -> None:
     login(server)
     result = alto("ops", "show", "op-doesnotexist", code=1)

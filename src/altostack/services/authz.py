@@ -33,12 +33,17 @@ def require(
 ) -> None:
     """Raise unless the caller may do ``permission`` (on a resource of ``tenant_id``).
 
-    ``kind``/``ident`` name the resource for the 404 message; ``tags`` are the resource's
-    tags, checked against a sub-account's scope.
+    ``kind``/``ident`` name the resource for the 404 message (``tenant_id`` None with an
+    ``ident`` means it does not exist); ``tags`` are the resource's tags, checked against a
+    sub-account's scope.
     """
     p = ctx.principal
     resource = permission.split(":", 1)[0]
-    if ident is not None and (not visible(p, tenant_id) or not tags_match(p.scope_tags, tags)):
+    if ident is not None and (
+        tenant_id is None  # the resource does not exist
+        or not visible(p, tenant_id)
+        or not tags_match(p.scope_tags, tags)
+    ):
         raise NotFound.resource(kind or resource, ident)
     if resource in PLATFORM_ONLY and not p.is_platform_admin and ident is None:
         raise PermissionDenied(
