@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
+import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -216,3 +217,23 @@ async def serve(
             yield container, client, await login(client, "admin", ADMIN_PASSWORD)
     finally:
         await container.stop()
+
+
+@contextlib.contextmanager
+def plain_tracebacks() -> Iterator[None]:
+    """Log exceptions as plain text while inside: structlog's default console renderer
+    draws rich tracebacks with every local variable, which takes seconds per error."""
+    saved = structlog.get_config()
+    processors = [
+        structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+        if isinstance(p, structlog.dev.ConsoleRenderer)
+        else p
+        for p in saved["processors"]
+    ]
+    structlog.configure(processors=processors)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)

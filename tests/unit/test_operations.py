@@ -15,7 +15,7 @@ import pytest
 
 from altostack.bootstrap import Container
 from altostack.controllers.worker import OperationWorker
-from altostack.db.models import Operation, Tenant, User
+from altostack.db.models import Operation
 from altostack.domain.ids import new_id
 from altostack.settings import Settings
 from tests.conftest import login, make_settings
@@ -24,6 +24,7 @@ from tests.support.slow_ops import (
     KIND,
     PLUGIN,
     get_op,
+    plain_tracebacks,
     serve,
     start_steps,
     wait_op,
@@ -36,23 +37,17 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     return make_settings(db_url, tmp_path, plugins=[PLUGIN])
 
 
-async def add_tenant_user(c: Container, tenant: str, username: str, password: str) -> None:
-    """A second tenant with an ordinary user, written straight to the database."""
-    async with c.db.uow() as uow:
-        row = Tenant(id=new_id("tenant"), name=tenant, status="active")
-        uow.tenants.add(row)
-        await uow.flush()
-        uow.users.add(
-            User(
-                id=new_id("user"),
-                tenant_id=row.id,
-                username=username,
-                password_hash=await c.passwords.hash(password),
-                role="owner",
-                is_platform_admin=False,
-            )
-        )
-        await uow.commit()
+async def add_tenant(
+    client: httpx.AsyncClient, admin: dict[str, str], name: str, password: str
+) -> dict[str, str]:
+    """A second tenant; returns its owner's auth headers."""
+    r = await client.post(
+        "/v1/tenants",
+        json={"name": name, "owner": {"username": "owner", "password": password}},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    return await login(client, "owner", password, tenant=name)
 
 
 async def progress_at_least(
@@ -137,12 +132,9 @@ async def test_list_filters_by_resource_state_and_kind(
     assert r.json()["errors"][0]["field"] == "state"
 
 
-async def test_other_tenant_cannot_see_operation(
-    container: Container, client: httpx.AsyncClient, admin: dict[str, str]
-):
+async def test_other_tenant_cannot_see_operation(client: httpx.AsyncClient, admin: dict[str, str]):
     op = await start_steps(client, admin, steps=1, step_seconds=0)
-    await add_tenant_user(container, "acme", "alice", "Alice-Pass-1")
-    alice = await login(client, "alice", "Alice-Pass-1", tenant="acme")
+    alice = await add_tenant(client, admin, "acme", "Alice-Pass-1")
 
     r = await client.get(f"/v1/operations/{op['id']}", headers=alice)
     assert r.status_code == 404
@@ -192,8 +184,9 @@ async def test_temporary_failure_is_retried_from_the_checkpoint(
 async def test_unexpected_handler_error_is_retried(
     client: httpx.AsyncClient, admin: dict[str, str]
 ):
-    op = await start_steps(client, admin, steps=2, step_seconds=0, fail_at=0, fail_mode="crash")
-    done = await wait_op(client, admin, op["id"])
+    with plain_tracebacks():
+        op = await start_steps(client, admin, steps=2, step_seconds=0, fail_at=0, fail_mode="crash")
+        done = await wait_op(client, admin, op["id"])
     assert done["state"] == "succeeded", done
     assert done["attempts"] == 2
 

@@ -96,11 +96,18 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+def _field_error(err: dict[str, Any]) -> FieldError:
+    loc = err.get("loc", ())
+    if err.get("type") == "json_invalid":
+        # FastAPI puts the character offset where a field name would be: ("body", 34).
+        reason = (err.get("ctx") or {}).get("error") or err.get("msg") or "invalid JSON"
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return FieldError("body", f"the body is not valid JSON: {reason}{where}")
+    return FieldError(_field_name(loc), str(err.get("msg", "invalid")))
+
+
 def validation_errors(exc: RequestValidationError) -> ValidationFailed:
-    errors = [
-        FieldError(_field_name(err.get("loc", ())), str(err.get("msg", "invalid")))
-        for err in exc.errors()
-    ]
+    errors = [_field_error(err) for err in exc.errors()]
     summary = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "invalid request"
     return ValidationFailed(summary, errors=errors)
 
