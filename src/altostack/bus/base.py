@@ -71,4 +71,8 @@ def connect(url: str) -> Bus:
         from altostack.bus.memory import MemoryBus
 
         return MemoryBus()
-    raise ValueError(f"unsupported bus URL {url!r}: use memory:// (nats:// comes later)")
+    if url.startswith(("nats://", "tls://")):
+        from altostack.bus.nats import NatsBus
+
+        return NatsBus(url)
+    raise ValueError(f"unsupported bus URL {url!r}: use memory:// or nats://host:port")

@@ -1,0 +1,655 @@
+"""NATS JetStream bus for clusters: many processes, one stream of events, commands by request.
+
+Subjects. Our dot subjects live under a prefix, the stream name in lower case (``alto``):
+
+- ``publish("vm.started", …)`` stores ``alto.ev.vm.started`` in the JetStream stream ``ALTO``
+  (subjects ``alto.ev.>``, file storage, bounded by ``max_age`` and ``max_bytes``);
+- ``request("agent.h1.ensure", …)`` is a core NATS request on ``alto.rpc.agent.h1.ensure``,
+  never stored (a command to a dead agent must fail, not wait in a queue).
+
+Every ``subscribe(pattern, handler, queue=…)`` makes two things: a pull consumer on the
+stream (events) and a core subscription on the rpc subjects (requests; its handler's return
+value is the reply). Delivery of events:
+
+- no queue: an ephemeral consumer (deliver new, no acks): each subscriber gets every event
+  published after it subscribed, at most once. If the consumer is lost (server restart,
+  long disconnection) it is re-created from the last sequence seen, so a short outage loses
+  nothing.
+- ``queue="name"``: a durable consumer named after the queue and the pattern, shared by all
+  members: each event goes to one member, is acked when the handler returns, and is
+  redelivered (after ``retry_delay``, doubling) when the handler raises or the process dies
+  before the ack (after ``ack_wait``), at most ``max_deliver`` times: at least once.
+  Unsubscribing leaves the durable consumer in place, so events published while no member
+  runs wait for the next one.
+
+Errors translated at this boundary (``raise … from`` the nats-py error):
+
+    ConnectionError  the bus is closed, NATS is unreachable, or JetStream did not acknowledge
+                     a publish before ``publish_deadline`` (retried with backoff until then)
+    TimeoutError     a request found no responder, or no reply came within its timeout
+    RemoteError      the responder's handler raised (a RuntimeError; the reply says why)
+    ValueError       an invalid subject or pattern
+
+The URL is ``nats://host:port[,nats://host2:port…][?stream=NAME&replicas=3]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.nuid import NUID
+
+from altostack.bus.base import Bus, Handler, Message, Subscription
+
+log = structlog.get_logger(__name__)
+
+ERROR_HEADER = "Alto-Error"
+_TOKEN = re.compile(r"^[^\s.*>]+$")
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_STREAM_EXISTS = 10058  # JetStream: stream name already in use with a different configuration
+# Errors after which publishing again may succeed (reconnect, leader election, JetStream
+# still starting). A JetStream API error is retried only when it is a 5xx.
+_RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+)
+
+
+class RemoteError(RuntimeError):
+    """The responder's handler raised; ``str()`` carries its exception type and message."""
+
+
+def check_subject(subject: str, *, wildcards: bool) -> None:
+    """Dot-separated non-empty tokens; ``*`` anywhere and ``>`` last only in patterns."""
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if wildcards and (token == "*" or (token == ">" and i == len(tokens) - 1)):
+            continue
+        if not _TOKEN.match(token):
+            kind = "pattern" if wildcards else "subject (no wildcards)"
+            raise ValueError(f"invalid bus {kind} {subject!r}")
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    if not isinstance(data, dict):
+        raise TypeError(f"bus messages are JSON objects, not {type(data).__name__}")
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _decode(payload: bytes) -> dict[str, Any]:
+    value = json.loads(payload or b"{}")
+    if not isinstance(value, dict):
+        raise ValueError(f"bus message is not a JSON object: {payload[:80]!r}")
+    return value
+
+
+def _user_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """Headers as the publisher set them, without the ones NATS and this module add."""
+    return {
+        k: v
+        for k, v in (headers or {}).items()
+        if not k.lower().startswith("nats-") and k != ERROR_HEADER
+    }
+
+
+def _consumer_name(queue: str, pattern: str) -> str:
+    digest = hashlib.sha256(pattern.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', queue)[:40]}_{digest}"
+
+
+def _parse_url(url: str) -> tuple[list[str], dict[str, str]]:
+    base, _, query = url.partition("?")
+    servers = [s if "://" in s else f"nats://{s}" for s in base.split(",") if s]
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(options) - {"stream", "replicas"}
+    if not servers or unknown:
+        raise ValueError(f"invalid NATS bus URL {url!r} (query may hold stream= and replicas=)")
+    return servers, options
+
+
+class NatsBus(Bus):
+    """The cluster bus. Connects lazily on first use (``connect(url)`` is synchronous)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "ALTO",
+        name: str | None = None,
+        replicas: int | None = None,
+        max_age: float = 24 * 3600.0,
+        max_bytes: int = 1 << 30,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        retry_delay: float = 1.0,
+        publish_timeout: float = 2.0,
+        publish_deadline: float = 30.0,
+        pull_wait: float = 5.0,
+        max_inflight: int = 64,
+        drain_timeout: float = 5.0,
+        reconnect_wait: float = 0.5,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.servers, options = _parse_url(url)
+        self.stream = options.get("stream", stream)
+        if not _STREAM_NAME.match(self.stream):
+            raise ValueError(f"invalid JetStream stream name {self.stream!r}")
+        self.prefix = self.stream.lower()
+        self.replicas = int(options["replicas"]) if "replicas" in options else replicas
+        self.name = name or f"altostack-{socket.gethostname()}-{os.getpid()}"
+        self.max_age, self.max_bytes = max_age, max_bytes
+        self.ack_wait, self.max_deliver, self.retry_delay = ack_wait, max_deliver, retry_delay
+        self.publish_timeout, self.publish_deadline = publish_timeout, publish_deadline
+        self.pull_wait, self.max_inflight = pull_wait, max_inflight
+        self.drain_timeout, self.reconnect_wait = drain_timeout, reconnect_wait
+        self.connect_timeout = connect_timeout
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._lock = asyncio.Lock()
+        self._subs: set[NatsBusSubscription] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._nuid = NUID()
+
+    # -- subjects ---------------------------------------------------------------------------
+    def event_subject(self, subject: str) -> str:
+        return f"{self.prefix}.ev.{subject}"
+
+    def rpc_subject(self, subject: str) -> str:
+        return f"{self.prefix}.rpc.{subject}"
+
+    def strip(self, nats_subject: str) -> str:
+        return nats_subject.split(".", 2)[2]
+
+    # -- connection -------------------------------------------------------------------------
+    async def connection(self) -> tuple[NatsClient, JetStreamContext]:
+        """The live client and JetStream context, connecting (and creating the stream) once."""
+        if self._closed:
+            raise ConnectionError("bus is closed")
+        if self._nc is None or self._js is None:
+            async with self._lock:
+                if self._nc is None:
+                    await self._connect()
+        assert self._nc is not None and self._js is not None
+        return self._nc, self._js
+
+    async def _connect(self) -> None:
+        nc = NatsClient()
+        try:
+            # nats-py retries the initial connect forever when reconnects are unbounded:
+            # bound it here, so an unreachable bus is an error the caller sees.
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=self.servers,
+                    name=self.name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+                    connect_timeout=2,
+                    ping_interval=10,
+                    max_outstanding_pings=3,
+                    drain_timeout=max(1, int(self.drain_timeout)),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                timeout=self.connect_timeout,
+            )
+            js = nc.jetstream(timeout=self.publish_timeout)
+            await self._ensure_stream(js)
+        except asyncio.CancelledError:
+            await nc.close()
+            raise
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            raise ConnectionError(f"cannot use NATS at {','.join(self.servers)}: {exc!r}") from exc
+        self._nc, self._js = nc, js
+        log.info("bus connected", servers=self.servers, stream=self.stream)
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.ev.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=self.max_age,
+            max_bytes=self.max_bytes,
+            duplicate_window=120.0,
+            num_replicas=self.replicas or 1,
+        )
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_EXISTS:
+                raise
+        current = (await js.stream_info(self.stream)).config
+        wanted = {
+            "max_age": self.max_age,
+            "max_bytes": self.max_bytes,
+            "subjects": config.subjects,
+            "num_replicas": self.replicas,
+        }
+        changes = {k: v for k, v in wanted.items() if v is not None and getattr(current, k) != v}
+        if changes:  # replicas=None keeps what the stream has (another process chose it)
+            log.info("bus stream updated", stream=self.stream, changes=changes)
+            await js.update_stream(current.evolve(**changes))
+
+    async def _on_error(self, exc: Exception) -> None:
+        level = log.debug if isinstance(exc, OSError) else log.warning
+        level("nats client error", error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        if not self._closed:
+            log.warning("bus disconnected from NATS, reconnecting", servers=self.servers)
+
+    async def _on_reconnected(self) -> None:
+        log.info("bus reconnected to NATS")
+        for sub in list(self._subs):
+            sub.wake()  # pull requests waiting on the old connection are gone
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- Bus --------------------------------------------------------------------------------
+    async def publish(
+        self, subject: str, data: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        check_subject(subject, wildcards=False)
+        payload = _encode(data)
+        # One message id for every attempt: JetStream drops the duplicate if an attempt whose
+        # acknowledgement we lost had in fact been stored.
+        hdrs = {"Nats-Msg-Id": self._nuid.next().decode(), **(headers or {})}
+        _, js = await self.connection()
+        target = self.event_subject(subject)
+        deadline = time.monotonic() + self.publish_deadline
+        delay, attempts = 0.05, 0
+        while True:
+            attempts += 1
+            remaining = deadline - time.monotonic()
+            try:
+                await js.publish(
+                    target,
+                    payload,
+                    timeout=max(0.05, min(self.publish_timeout, remaining)),
+                    stream=self.stream,
+                    headers=hdrs,
+                )
+                if attempts > 1:
+                    log.info(
+                        "bus publish succeeded after retries", subject=subject, attempts=attempts
+                    )
+                return
+            except nats.errors.ConnectionClosedError as exc:
+                raise ConnectionError("bus is closed") from exc
+            except nats.js.errors.APIError as exc:
+                if exc.code is not None and exc.code < 500:
+                    raise RuntimeError(f"JetStream refused {subject!r}: {exc}") from exc
+                error: Exception = exc
+            except _RETRYABLE as exc:
+                error = exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                raise ConnectionError(
+                    f"publish {subject!r}: JetStream gave no acknowledgement in "
+                    f"{self.publish_deadline}s ({attempts} attempts; last: {error!r})"
+                ) from error
+            log.debug("bus publish retry", subject=subject, attempt=attempts, error=repr(error))
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    async def subscribe(
+        self, pattern: str, handler: Handler, *, queue: str | None = None
+    ) -> Subscription:
+        check_subject(pattern, wildcards=True)
+        if queue is not None and not queue.strip():
+            raise ValueError("queue group names must not be blank")
+        sub = NatsBusSubscription(self, pattern, handler, queue)
+        await sub.start()
+        self._subs.add(sub)
+        return sub
+
+    async def request(
+        self, subject: str, data: dict[str, Any], *, timeout: float
+    ) -> dict[str, Any]:
+        check_subject(subject, wildcards=False)
+        nc, _ = await self.connection()
+        try:
+            reply = await nc.request(self.rpc_subject(subject), _encode(data), timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise TimeoutError(f"no responder for {subject!r}: nobody subscribes to it") from exc
+        except nats.errors.TimeoutError as exc:
+            raise TimeoutError(f"no reply to {subject!r} within {timeout}s") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise ConnectionError("bus is closed") from exc
+        error = (reply.headers or {}).get(ERROR_HEADER)
+        if error is not None:
+            raise RemoteError(f"responder for {subject!r} failed: {error}")
+        return _decode(reply.data)
+
+    async def ping(self) -> None:
+        nc, js = await self.connection()
+        if not nc.is_connected:
+            raise ConnectionError("not connected to NATS (reconnecting)")
+        try:
+            await nc.flush(timeout=2)
+            await js.stream_info(self.stream)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ConnectionError(f"NATS or stream {self.stream} unavailable: {exc!r}") from exc
+
+    async def close(self) -> None:
+        """Stop pulling, let running handlers finish (up to ``drain_timeout``), drain."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(sub.stop() for sub in list(self._subs)))
+        self._subs.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._nc is not None:
+            try:
+                await self._nc.drain()
+            except (TimeoutError, nats.errors.Error):
+                await self._nc.close()
+        self._nc = self._js = None
+
+
+class NatsBusSubscription(Subscription):
+    """One ``subscribe()``: a pull loop on a JetStream consumer and a core rpc responder."""
+
+    def __init__(self, bus: NatsBus, pattern: str, handler: Handler, queue: str | None):
+        self.bus, self.pattern, self.handler, self.queue = bus, pattern, handler, queue
+        self.durable = queue is not None
+        self.consumer = _consumer_name(queue, pattern) if queue else bus._nuid.next().decode()
+        self.last_seq = 0  # stream sequence of the last event received
+        self._inbox = ""
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._slot = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._current = ""  # reply subject of the pull request in flight
+        self._remaining = 0
+        self._need_ensure = False
+        self._stopping = False
+        self._loop: asyncio.Task[None] | None = None
+        self._pull_sub: NatsSubscription | None = None
+        self._rpc_sub: NatsSubscription | None = None
+        self._nc: NatsClient | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        nc, _ = await self.bus.connection()
+        self._nc = nc
+        await self._ensure_consumer()
+        self._inbox = nc.new_inbox()
+        self._pull_sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
+        self._rpc_sub = await nc.subscribe(
+            self.bus.rpc_subject(self.pattern), queue=self.queue or "", cb=self._on_request
+        )
+        await nc.flush(timeout=2)
+        self._loop = asyncio.create_task(self._pull_loop(), name=f"bus-pull-{self.consumer}")
+
+    def wake(self) -> None:
+        """After a reconnect: check the consumer (a restarted server may have lost it), pull."""
+        self._need_ensure = True
+        self._ended.set()
+
+    async def unsubscribe(self) -> None:
+        """Stop delivery here. A queue group's durable consumer stays for the other members."""
+        self.bus._subs.discard(self)
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        for nats_sub in (self._rpc_sub, self._pull_sub):
+            if nats_sub is not None:
+                # drain: the server stops sending, events already here are handed back (nak)
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await nats_sub.drain()  # type: ignore[no-untyped-call]
+        if not self.durable and self._nc is not None and self._nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._nc.jetstream(timeout=1.0).delete_consumer(
+                    self.bus.stream, self.consumer
+                )
+
+    # -- the consumer -----------------------------------------------------------------------
+    def _consumer_config(self) -> ConsumerConfig:
+        common: dict[str, Any] = {
+            "name": self.consumer,
+            "filter_subject": self.bus.event_subject(self.pattern),
+        }
+        if self.durable:
+            return ConsumerConfig(
+                durable_name=self.consumer,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.bus.ack_wait,
+                max_deliver=self.bus.max_deliver,
+                max_ack_pending=max(1000, self.bus.max_inflight * 16),
+                description=f"queue {self.queue!r} on {self.pattern!r}",
+                **common,
+            )
+        start: dict[str, Any] = {"deliver_policy": DeliverPolicy.NEW}
+        if self.last_seq:  # re-created: resume after the last event seen
+            start = {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": self.last_seq + 1,
+            }
+        return ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=max(30.0, 3 * self.bus.pull_wait),
+            mem_storage=True,
+            num_replicas=1,
+            **start,
+            **common,
+        )
+
+    async def _ensure_consumer(self) -> None:
+        _, js = await self.bus.connection()
+        config = self._consumer_config()
+        try:
+            await js.add_consumer(self.bus.stream, config)
+        except nats.js.errors.BadRequestError:
+            # An existing durable made with other settings (an older release, another
+            # ack_wait): use it as it is rather than fail the subscriber.
+            if not self.durable:
+                raise
+            await js.consumer_info(self.bus.stream, self.consumer)
+            log.warning(
+                "bus queue consumer exists with other settings; using it", consumer=self.consumer
+            )
+
+    async def _pull_loop(self) -> None:
+        nc, _ = await self.bus.connection()
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.stream}.{self.consumer}"
+        wait = self.bus.pull_wait
+        backoff, requests = 0.1, 0
+        while True:
+            while len(self._inflight) >= self.bus.max_inflight:
+                self._slot.clear()
+                await self._slot.wait()
+            try:
+                if self._need_ensure:
+                    await self._ensure_consumer()
+                    self._need_ensure = False
+                requests += 1
+                self._current = f"{self._inbox}.{requests}"
+                self._remaining = self.bus.max_inflight - len(self._inflight)
+                self._ended.clear()
+                body = {"batch": self._remaining, "expires": int(wait * 1e9)}
+                await nc.publish(next_subject, json.dumps(body).encode(), reply=self._current)
+                # Ends on: the batch filled, the server's 404/408/409, or a reconnect.
+                await asyncio.wait_for(self._ended.wait(), wait + 1.0)
+                backoff = 0.1
+                continue
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                # No answer at all: the consumer is gone or the server is not there.
+                self._need_ensure = nc.is_connected
+                if not nc.is_connected:
+                    continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except Exception as exc:
+                log.warning("bus pull failed, retrying", consumer=self.consumer, error=repr(exc))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _on_event(self, msg: Msg) -> None:
+        if not msg.reply:  # a status message: it ends a pull request, or it is stale
+            status = (msg.headers or {}).get("Status", "")
+            if msg.subject == self._current:
+                if status not in ("404", "408", "100"):
+                    description = (msg.headers or {}).get("Description", "")
+                    log.info(
+                        "bus pull status",
+                        consumer=self.consumer,
+                        status=status,
+                        description=description,
+                    )
+                    self._need_ensure = True
+                if status != "100":
+                    self._ended.set()
+            return
+        if self._stopping:
+            if self.durable:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak()
+            return
+        try:
+            meta = msg.metadata
+        except nats.errors.Error:
+            return  # not a JetStream delivery
+        self.last_seq = max(self.last_seq, meta.sequence.stream)
+        self._remaining -= 1
+        if self._remaining <= 0:
+            self._ended.set()
+        task = self.bus.spawn(self._handle(msg, meta.num_delivered))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        self._slot.set()
+
+    async def _handle(self, msg: Msg, delivered: int) -> None:
+        try:
+            message = Message(
+                self.bus.strip(msg.subject), _decode(msg.data), _user_headers(msg.headers)
+            )
+        except ValueError:
+            log.error("bus dropped an undecodable event", subject=msg.subject)
+            if self.durable:
+                await msg.term()
+            return
+        if not self.durable:
+            await _call(self.handler, message, self.pattern)
+            return
+        keepalive = asyncio.create_task(self._in_progress(msg))
+        try:
+            ok = await _call(self.handler, message, self.pattern)
+        finally:
+            keepalive.cancel()
+        try:
+            if ok:
+                await msg.ack()
+            elif delivered >= self.bus.max_deliver:
+                log.error(
+                    "bus gave up on an event after max_deliver attempts",
+                    subject=message.subject,
+                    queue=self.queue,
+                    attempts=delivered,
+                )
+                await msg.term()
+            else:
+                await msg.nak(delay=min(self.bus.retry_delay * 2 ** (delivered - 1), 60.0))
+        except nats.errors.Error as exc:  # the ack is lost: the event comes back (at least once)
+            log.warning("bus could not ack an event", subject=message.subject, error=repr(exc))
+
+    async def _in_progress(self, msg: Msg) -> None:
+        """Tell JetStream a long handler is alive, so the event is not redelivered meanwhile."""
+        while True:
+            await asyncio.sleep(self.bus.ack_wait / 2)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    # -- requests ---------------------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        if msg.reply and not self._stopping:
+            self.bus.spawn(self._answer(msg))
+
+    async def _answer(self, msg: Msg) -> None:
+        headers: dict[str, str] | None = None
+        try:
+            message = Message(
+                self.bus.strip(msg.subject), _decode(msg.data), _user_headers(msg.headers)
+            )
+            body = _encode(await self.handler(message) or {})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("bus responder failed", subject=msg.subject, pattern=self.pattern)
+            headers = {ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]}
+            body = _encode({"error": headers[ERROR_HEADER]})
+        try:
+            assert self._nc is not None
+            await self._nc.publish(msg.reply, body, headers=headers)
+        except nats.errors.Error as exc:
+            log.warning("bus could not send a reply", subject=msg.subject, error=repr(exc))
+
+
+async def _call(
+    handler: Callable[[Message], Awaitable[Any]], message: Message, pattern: str
+) -> bool:
+    """Run a handler; its failure is logged, never raised (CancelledError always is)."""
+    try:
+        await handler(message)
+        return True
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("bus handler failed", subject=message.subject, pattern=pattern)
+        return False
