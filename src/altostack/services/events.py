@@ -87,9 +87,9 @@ class EventService:
     ) -> Page[Event]:
         if result is not None and result not in RESULTS:
             raise InvalidRequest.for_field("result", f"must be one of {', '.join(RESULTS)}")
+        since, until = _utc(since, "since"), _utc(until, "until")
         if since and until and since > until:
             raise InvalidRequest.for_field("since", "must not be after 'until'")
-        since, until = _utc(since), _utc(until)
         authz.require(ctx, "event:read")
         where: list[ColumnElement[bool]] = []
         target = authz.tenant_filter(ctx, tenant_id)
@@ -111,11 +111,17 @@ class EventService:
             return await uow.events.page(where, limit=limit, cursor=cursor)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Times without a zone are taken as UTC, as API.md's timestamps are."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    """The time in UTC; times without a zone are taken as UTC, as API.md's timestamps are
+    (comparing a zoned and a naive time would be a TypeError, a 500)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidRequest.for_field(field, "is out of range once converted to UTC") from None
 
 
 def event_view(event: Event) -> dict[str, Any]:
