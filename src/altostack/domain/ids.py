@@ -3,11 +3,17 @@
 The body is 9 base32 characters of milliseconds since the epoch followed by 7 random ones,
 so sorting by id sorts by creation time: that gives every collection a stable
 newest-first order and a one-column pagination cursor for free.
+
+Within one process the ids are also strictly increasing (as ULID's monotonic mode): in the
+same millisecond, or if the clock steps back, the next id continues from the last one
+instead of drawing a fresh random tail that could sort before it.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
@@ -29,12 +35,45 @@ def _encode(value: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
+_RANDOM_BITS = 35
+_lock = threading.Lock()
+_last: tuple[int, int] = (0, 0)  # (milliseconds, random tail) of the last clock-made id
+
+
+def _reset_after_fork() -> None:
+    global _last
+    _last = (0, 0)  # a child must not continue its parent's sequence (same ids)
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _next_clock_parts() -> tuple[int, int]:
+    global _last
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        last_ms, last_tail = _last
+        if ms > last_ms:
+            # A fresh tail in the lower half leaves room to count up within this ms.
+            parts = (ms, secrets.randbits(_RANDOM_BITS - 1))
+        elif last_tail + 1 < 1 << _RANDOM_BITS:
+            parts = (last_ms, last_tail + 1)
+        else:  # 2**34 ids in one millisecond: borrow the next one
+            parts = (last_ms + 1, secrets.randbits(_RANDOM_BITS - 1))
+        _last = parts
+        return parts
+
+
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
-    """A fresh id with the given type prefix."""
+    """A fresh id with the given type prefix; ``now_ms`` pins the time part (then the
+    tail is random and the order within that millisecond is not guaranteed)."""
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
-    ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
-    return f"{prefix}-{_encode(ms, 9)}{_encode(secrets.randbits(35), 7)}"
+    if now_ms is None:
+        ms, tail = _next_clock_parts()
+    else:
+        ms, tail = now_ms, secrets.randbits(_RANDOM_BITS)
+    return f"{prefix}-{_encode(ms, 9)}{_encode(tail, 7)}"
 
 
 def prefix_of(ident: str) -> str:
