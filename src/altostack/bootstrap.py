@@ -10,8 +10,10 @@ import structlog
 
 from altostack.api.metrics import ApiMetrics
 from altostack.bus import Bus, connect
+from altostack.controllers.compute import ComputeController
+from altostack.controllers.host_monitor import HostMonitor
 from altostack.controllers.janitor import Janitor
-from altostack.controllers.registry import OperationRegistry
+from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
 from altostack.db.migrate import upgrade
@@ -19,12 +21,18 @@ from altostack.services.apikeys import ApiKeyService
 from altostack.services.auth import AuthService
 from altostack.services.events import EventService
 from altostack.services.idempotency import IdempotencyService
+from altostack.services.image_store import ImageStore
+from altostack.services.images import ImageService
+from altostack.services.infra import InfraService
+from altostack.services.instance_types import InstanceTypeService
 from altostack.services.operations import OperationService
 from altostack.services.passwords import Passwords
+from altostack.services.placement import PlacementService
 from altostack.services.quotas import QuotaService
 from altostack.services.roles import RoleService
 from altostack.services.tenants import TenantService
 from altostack.services.users import UserService
+from altostack.services.vms import VmService
 from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,7 +56,17 @@ class Container:
     roles: RoleService
     api_keys: ApiKeyService
     janitor: Janitor
+    image_store: ImageStore
+    infra: InfraService
+    instance_types: InstanceTypeService
+    images: ImageService
+    placement: PlacementService
+    vms: VmService
+    compute: ComputeController
+    host_monitor: HostMonitor
     metrics: ApiMetrics
+    agents: list[Any] = field(default_factory=list)
+    sim_hypervisors: dict[str, Any] = field(default_factory=dict)
     run_worker: bool = True
     migrate: bool = True
     plugins: list[Any] = field(default_factory=list)
@@ -64,10 +82,19 @@ class Container:
         if self.run_worker:
             await self.worker.start()
             self.janitor.start()
+            await self.host_monitor.start()
+        if self.settings.driver == "sim" and self.settings.sim_hosts > 0:
+            from altostack import allinone
+
+            cluster = await allinone.seed(self)
+            self.agents = await allinone.start_local_hosts(self, cluster, self.settings.sim_hosts)
         self.started = True
 
     async def stop(self) -> None:
+        for agent in self.agents:
+            await agent.stop()
         if self.run_worker:
+            await self.host_monitor.stop()
             await self.janitor.stop()
             await self.worker.stop()
         await self.bus.close()
@@ -100,13 +127,40 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     master_key = settings.master_key()
     auth = AuthService(db, settings, passwords, master_key)
     quotas = QuotaService(db, settings.default_quotas, settings.region)
+    operations = OperationService(db, bus)
+    image_store = ImageStore(settings.data_dir / "images")
+    infra = InfraService(db, heartbeat_timeout=settings.heartbeat_timeout_seconds)
+    images = ImageService(db, image_store, operations)
+    placement = PlacementService(db)
+    vms = VmService(
+        db,
+        operations,
+        quotas,
+        placement,
+        recycle_seconds=settings.recycle_seconds,
+        console_key=master_key,
+    )
+    compute = ComputeController(
+        db,
+        bus,
+        placement,
+        agent_timeout=settings.agent_timeout_seconds,
+        max_attempts=settings.operation_max_attempts,
+        recycle_seconds=settings.recycle_seconds,
+    )
+    compute.register(registry)
+
+    async def import_image(ctx: OperationContext) -> dict[str, Any]:
+        return await images.run_import(ctx.resource_id or "", str(ctx.input["url"]))
+
+    registry.register("image.import", import_image)
     container = Container(
         settings=settings,
         db=db,
         bus=bus,
         passwords=passwords,
         auth=auth,
-        operations=OperationService(db, bus),
+        operations=operations,
         events=events,
         idempotency=IdempotencyService(settings.idempotency_ttl_seconds),
         registry=registry,
@@ -118,6 +172,16 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         roles=RoleService(db, auth),
         api_keys=ApiKeyService(db, quotas, auth, master_key),
         janitor=Janitor(db, settings.janitor_interval_seconds),
+        image_store=image_store,
+        infra=infra,
+        instance_types=InstanceTypeService(db),
+        images=images,
+        placement=placement,
+        vms=vms,
+        compute=compute,
+        host_monitor=HostMonitor(
+            db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
+        ),
         **overrides,
     )
     for name in settings.plugins:

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
     operation_max_attempts: int = Field(5, ge=1)
     worker_poll_seconds: float = Field(2.0, gt=0)
 
+    heartbeat_interval_seconds: float = Field(5.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(
+        30.0, gt=0, description="A host that sent no heartbeat for this long is down"
+    )
+    agent_timeout_seconds: float = Field(
+        15.0, gt=0, description="How long a command waits for a host agent's answer"
+    )
+    recycle_seconds: int = Field(
+        360000, ge=0, description="How long deleted VMs stay in the recycle bin (100 h)"
+    )
+    sim_timing_scale: float = Field(
+        1.0, ge=0, description="Multiplies the sim driver's realistic delays (0: instant)"
+    )
     janitor_interval_seconds: float = Field(300.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

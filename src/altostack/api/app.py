@@ -14,13 +14,16 @@ from altostack.api.middleware import ApiMiddleware
 from altostack.api.routers import (
     api_keys,
     auth,
+    catalog,
     events,
     health,
+    infra,
     operations,
     quotas,
     roles,
     tenants,
     users,
+    vms,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +37,9 @@ ROUTERS = [
     roles.router,
     api_keys.router,
     quotas.router,
+    infra.router,
+    catalog.router,
+    vms.router,
     operations.router,
     events.router,
 ]

@@ -166,7 +166,10 @@ class ApiMiddleware:
             ctx = RequestContext(principal, request_id, source_ip) if principal else None
             state["ctx"] = ctx
             path: str = scope["path"]
-            if scope["method"] in MUTATING and path.startswith("/v1/"):
+            streamed = _header(scope, b"content-type") == "application/octet-stream"
+            if scope["method"] in MUTATING and path.startswith("/v1/") and streamed:
+                await self._upload(scope, receive, send_with_id, ctx)
+            elif scope["method"] in MUTATING and path.startswith("/v1/"):
                 await self._mutation(scope, receive, send_with_id, ctx, source_ip)
             else:
                 await self.app(scope, receive, send_with_id)
@@ -263,6 +266,25 @@ class ApiMiddleware:
         if captured.status >= 400 and (principal or _is_login(scope)):
             await self._record_failure(scope, ctx, source_ip, captured)
         await _send_response(send, captured.status, headers, bytes(captured.body))
+
+    async def _upload(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext | None
+    ) -> None:
+        """Large bodies (image uploads) stream through: no buffering, no request
+        transaction (the service commits what it must), but an event all the same."""
+        status = [500]
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if ctx is not None:
+            captured = _Captured()
+            captured.status = status[0]
+            result = "success" if status[0] < 400 else "failure"
+            await self.c.events.record(self._event(scope, ctx, captured, result))
 
     async def _run_in_transaction(
         self,

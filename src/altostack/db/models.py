@@ -216,3 +216,8 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# The compute tables live in their own module; importing it here registers them on the
+# same metadata, so Alembic and the tests see one schema.
+from altostack.db import models_compute as _compute  # noqa: E402, F401

@@ -58,18 +58,29 @@ class Repository(Generic[M]):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[M]:
-        """Newest first; ``cursor`` is the last id of the previous page."""
-        id_col = self.model.id  # type: ignore[attr-defined]
-        stmt: Select[Any] = select(self.model).where(*where)
-        if cursor:
-            stmt = stmt.where(id_col < cursor)
-        stmt = stmt.order_by(id_col.desc()).limit(limit + 1)
-        rows = list((await self.session.scalars(stmt)).all())
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = rows[-1].id  # type: ignore[attr-defined]
-        return Page(rows, next_cursor)
+        return await page_of(self.session, self.model, where, limit=limit, cursor=cursor)
+
+
+async def page_of(
+    session: AsyncSession,
+    model: type[M],
+    where: Sequence[ColumnElement[bool]] = (),
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[M]:
+    """Newest first; ``cursor`` is the last id of the previous page."""
+    id_col = model.id  # type: ignore[attr-defined]
+    stmt: Select[Any] = select(model).where(*where)
+    if cursor:
+        stmt = stmt.where(id_col < cursor)
+    stmt = stmt.order_by(id_col.desc()).limit(limit + 1)
+    rows = list((await session.scalars(stmt)).all())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = rows[-1].id  # type: ignore[attr-defined]
+    return Page(rows, next_cursor)
 
 
 class TenantRepository(Repository[Tenant]):

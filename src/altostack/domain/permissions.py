@@ -62,6 +62,8 @@ BUILTIN_DESCRIPTIONS = {
 
 # Routes only platform administrators (the ``system`` tenant) may use at all.
 PLATFORM_ONLY = frozenset({"tenant", "region", "cluster", "host", "storage-pool"})
+# Everyone reads these catalogues; only platform administrators change them.
+PLATFORM_MANAGED = frozenset({"instance-type"})
 
 
 def validate(permission: str) -> str | None:

@@ -8,7 +8,13 @@ revealed), then a frozen tenant may only read, then the permission itself (403 n
 from __future__ import annotations
 
 from altostack.domain.errors import NotFound, PermissionDenied
-from altostack.domain.permissions import PLATFORM_ONLY, grants, is_read, tags_match
+from altostack.domain.permissions import (
+    PLATFORM_MANAGED,
+    PLATFORM_ONLY,
+    grants,
+    is_read,
+    tags_match,
+)
 from altostack.services.context import Principal, RequestContext
 
 
@@ -46,6 +52,11 @@ def require(
     ):
         raise NotFound.resource(kind or resource, ident)
     if resource in PLATFORM_ONLY and not p.is_platform_admin and ident is None:
+        raise PermissionDenied(
+            f"{permission!r} is for platform administrators only",
+            extra={"permission": permission},
+        )
+    if resource in PLATFORM_MANAGED and not is_read(permission) and not p.is_platform_admin:
         raise PermissionDenied(
             f"{permission!r} is for platform administrators only",
             extra={"permission": permission},

@@ -14,9 +14,14 @@ from altostack.services.apikeys import key_view
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
 
 
-@router.post("", status_code=201, response_model=ApiKeyCreated, name="apikey.create",
+@router.post(
+    "",
+    status_code=201,
+    response_model=ApiKeyCreated,
+    name="apikey.create",
     openapi_extra=permission("apikey:create"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def create_key(body: ApiKeyCreate, ctx: Ctx, c: C, response: Response) -> ApiKeyCreated:
     """Create a key for the caller; the secret is in this response only."""
     out = await c.api_keys.create(

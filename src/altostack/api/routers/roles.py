@@ -13,9 +13,14 @@ from altostack.api.schemas import PROBLEMS
 router = APIRouter(prefix="/v1/roles", tags=["roles"])
 
 
-@router.post("", status_code=201, response_model=RoleOut, name="role.create",
+@router.post(
+    "",
+    status_code=201,
+    response_model=RoleOut,
+    name="role.create",
     openapi_extra=permission("role:create"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def create_role(body: RoleCreate, ctx: Ctx, c: C, response: Response) -> RoleOut:
     """A custom role: a list of ``<resource>:<action>`` permissions (``*`` allowed)."""
     out = await c.roles.create(ctx, body.name, body.permissions, body.description)

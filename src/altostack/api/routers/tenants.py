@@ -14,9 +14,14 @@ from altostack.services.tenants import tenant_view
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
 
-@router.post("", status_code=201, response_model=TenantOut, name="tenant.create",
+@router.post(
+    "",
+    status_code=201,
+    response_model=TenantOut,
+    name="tenant.create",
     openapi_extra=permission("tenant:create"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def create_tenant(body: TenantCreate, ctx: Ctx, c: C, response: Response) -> TenantOut:
     """Create a tenant and its owner account."""
     out = await c.tenants.create(
@@ -61,17 +66,25 @@ async def get_tenant(id: str, ctx: Ctx, c: C) -> TenantOut:
     return TenantOut.model_validate(await c.tenants.get(ctx, id))
 
 
-@router.post("/{id}/actions/freeze", response_model=TenantOut, name="tenant.freeze",
+@router.post(
+    "/{id}/actions/freeze",
+    response_model=TenantOut,
+    name="tenant.freeze",
     openapi_extra=permission("tenant:freeze"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def freeze_tenant(id: str, ctx: Ctx, c: C) -> TenantOut:
     """Refuse every mutation by the tenant; its resources keep running."""
     return TenantOut.model_validate(await c.tenants.set_status(ctx, id, "frozen"))
 
 
-@router.post("/{id}/actions/unfreeze", response_model=TenantOut, name="tenant.unfreeze",
+@router.post(
+    "/{id}/actions/unfreeze",
+    response_model=TenantOut,
+    name="tenant.unfreeze",
     openapi_extra=permission("tenant:unfreeze"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def unfreeze_tenant(id: str, ctx: Ctx, c: C) -> TenantOut:
     return TenantOut.model_validate(await c.tenants.set_status(ctx, id, "active"))
 

@@ -20,9 +20,14 @@ from altostack.services.users import user_view
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
-@router.post("", status_code=201, response_model=UserOut, name="user.create",
+@router.post(
+    "",
+    status_code=201,
+    response_model=UserOut,
+    name="user.create",
     openapi_extra=permission("user:create"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def create_user(body: UserCreate, ctx: Ctx, c: C, response: Response) -> UserOut:
     out = await c.users.create(
         ctx,
@@ -67,8 +72,9 @@ async def list_users(
     )
 
 
-@router.post("/me/actions/change-password", status_code=204, name="user.change-password",
-             responses=PROBLEMS)  # fmt: skip
+@router.post(
+    "/me/actions/change-password", status_code=204, name="user.change-password", responses=PROBLEMS
+)
 async def change_password(body: PasswordChange, ctx: Ctx, c: C) -> Response:
     """Change one's own password; other sessions of the user are logged out."""
     await c.users.change_own_password(ctx, body.old_password, body.new_password)
@@ -100,24 +106,36 @@ async def update_user(id: str, body: UserUpdate, ctx: Ctx, c: C) -> UserOut:
     return UserOut.model_validate(out)
 
 
-@router.post("/{id}/actions/disable", response_model=UserOut, name="user.disable",
+@router.post(
+    "/{id}/actions/disable",
+    response_model=UserOut,
+    name="user.disable",
     openapi_extra=permission("user:disable"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def disable_user(id: str, ctx: Ctx, c: C) -> UserOut:
     """Block the user; their tokens and keys stop working at once."""
     return UserOut.model_validate(await c.users.set_status(ctx, id, "disabled"))
 
 
-@router.post("/{id}/actions/enable", response_model=UserOut, name="user.enable",
+@router.post(
+    "/{id}/actions/enable",
+    response_model=UserOut,
+    name="user.enable",
     openapi_extra=permission("user:enable"),
-             responses=PROBLEMS)  # fmt: skip
+    responses=PROBLEMS,
+)
 async def enable_user(id: str, ctx: Ctx, c: C) -> UserOut:
     return UserOut.model_validate(await c.users.set_status(ctx, id, "active"))
 
 
-@router.post("/{id}/actions/reset-password", response_model=UserOut,
-             name="user.reset-password",
-    openapi_extra=permission("user:reset-password"), responses=PROBLEMS)  # fmt: skip
+@router.post(
+    "/{id}/actions/reset-password",
+    response_model=UserOut,
+    name="user.reset-password",
+    openapi_extra=permission("user:reset-password"),
+    responses=PROBLEMS,
+)
 async def reset_password(id: str, body: PasswordReset, ctx: Ctx, c: C) -> UserOut:
     """Set a new password for another user; their sessions end."""
     return UserOut.model_validate(await c.users.reset_password(ctx, id, body.password))

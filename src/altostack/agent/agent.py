@@ -1,0 +1,152 @@
+"""The host agent: turns idempotent commands into driver calls and reports what it sees.
+
+It holds no authoritative state. On start it publishes a full report of the VMs it finds
+(including ones the control plane may not know), and then heartbeats; controllers compare
+and send commands. Commands for one VM are serialised so two retries never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from altostack.agent.codec import host_info_to_dict, spec_from_dict, status_to_dict
+from altostack.bus import Bus, Message, Subscription
+from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
+from altostack.drivers.compute.base import ComputeDriver, VmStatus
+from altostack.drivers.errors import BackendFailure, DriverError
+
+log = structlog.get_logger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        host_id: str,
+        bus: Bus,
+        compute: ComputeDriver,
+        *,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.host_id = host_id
+        self.bus = bus
+        self.compute = compute
+        self.heartbeat_interval = heartbeat_interval
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cores = 1
+
+    async def start(self) -> None:
+        info = await self.compute.host_info()
+        self._cores = max(info.cores, 1)
+        self._sub = await self.bus.subscribe(agent_subject(self.host_id), self._on_command)
+        await self.heartbeat()  # the full report that lets controllers reconcile at once
+        self._task = asyncio.create_task(self._beat(), name=f"agent-{self.host_id}")
+        log.info("agent started", host_id=self.host_id)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def heartbeat(self) -> None:
+        vms = await self.compute.list_vms()
+        busy = sum(v.vcpus for v in vms if v.state == "running")
+        await self.bus.publish(
+            HEARTBEAT_SUBJECT,
+            {
+                "host_id": self.host_id,
+                "load": min(1.0, busy / (self._cores * 4)),
+                "vms": [status_to_dict(v) for v in vms],
+            },
+        )
+
+    async def _on_command(self, message: Message) -> dict[str, Any]:
+        data = message.data
+        action = str(data.get("action"))
+        handler = self._handlers().get(action)
+        if handler is None:
+            return {"ok": False, "error": {"code": "InvalidSpec",
+                                           "message": f"unknown action {action!r}"}}  # fmt: skip
+        vm_id = str(data.get("vm_id") or (data.get("spec") or {}).get("id") or "")
+        lock = self._locks.setdefault(vm_id, asyncio.Lock())
+        try:
+            async with lock:
+                result = await handler(data)
+        except DriverError as exc:
+            log.warning("driver refused", action=action, vm_id=vm_id, error=exc.message)
+            return {"ok": False, "error": exc.as_dict()}
+        except Exception as exc:
+            log.exception("agent command crashed", action=action, vm_id=vm_id)
+            return {"ok": False, "error": BackendFailure(f"{type(exc).__name__}: {exc}").as_dict()}
+        return {"ok": True, **result}
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        c = self.compute
+
+        def status(s: VmStatus | None) -> dict[str, Any]:
+            return {"status": status_to_dict(s) if s is not None else None}
+
+        async def ensure(d: dict[str, Any]) -> dict[str, Any]:
+            spec = spec_from_dict(d["spec"])
+            return status(await c.ensure_vm(spec, stop_timeout=float(d.get("stop_timeout", 60))))
+
+        async def start(d: dict[str, Any]) -> dict[str, Any]:
+            return status(await c.start_vm(d["vm_id"]))
+
+        async def stop(d: dict[str, Any]) -> dict[str, Any]:
+            return status(await c.stop_vm(d["vm_id"], timeout=float(d.get("timeout", 60)),
+                                          force=bool(d.get("force"))))  # fmt: skip
+
+        async def reboot(d: dict[str, Any]) -> dict[str, Any]:
+            return status(await c.reboot_vm(d["vm_id"], hard=bool(d.get("hard"))))
+
+        async def resize(d: dict[str, Any]) -> dict[str, Any]:
+            return status(await c.resize_vm(d["vm_id"], int(d["vcpus"]), int(d["memory_mib"]),
+                                            live=bool(d.get("live"))))  # fmt: skip
+
+        async def reinstall(d: dict[str, Any]) -> dict[str, Any]:
+            return status(await c.reinstall_vm(spec_from_dict(d["spec"])))
+
+        async def set_password(d: dict[str, Any]) -> dict[str, Any]:
+            await c.set_password(d["vm_id"], str(d.get("user") or "root"), d["password"])
+            return {}
+
+        async def console(d: dict[str, Any]) -> dict[str, Any]:
+            return {"console": dataclasses.asdict(await c.console(d["vm_id"]))}
+
+        async def delete(d: dict[str, Any]) -> dict[str, Any]:
+            await c.delete_vm(d["vm_id"])
+            return {}
+
+        async def list_vms(_d: dict[str, Any]) -> dict[str, Any]:
+            return {"vms": [status_to_dict(v) for v in await c.list_vms()]}
+
+        async def host_info(_d: dict[str, Any]) -> dict[str, Any]:
+            return {"host": host_info_to_dict(await c.host_info())}
+
+        return {
+            "ensure_vm": ensure, "start_vm": start, "stop_vm": stop, "reboot_vm": reboot,
+            "resize_vm": resize, "reinstall_vm": reinstall, "set_password": set_password,
+            "console": console, "delete_vm": delete, "list_vms": list_vms,
+            "host_info": host_info,
+        }  # fmt: skip

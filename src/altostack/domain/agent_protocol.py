@@ -1,0 +1,35 @@
+"""The wire format between controllers and host agents (plain JSON over the bus).
+
+Commands are requests on ``agent.<host_id>``: ``{"action": ..., ...}``; the answer is
+``{"ok": true, "status": {...}}`` or ``{"ok": false, "error": {"code", "message",
+"details"}}`` where ``code`` names the driver error (``InvalidState``, ``VmNotFound``…).
+Every command is idempotent: "ensure this spec (generation N)", "delete this VM".
+Agents publish ``hosts.heartbeat`` with what they observe; controllers reconcile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEARTBEAT_SUBJECT = "hosts.heartbeat"
+ACTIONS = frozenset(
+    {"ensure_vm", "start_vm", "stop_vm", "reboot_vm", "resize_vm", "reinstall_vm",
+     "set_password", "console", "delete_vm", "list_vms", "host_info"}
+)  # fmt: skip
+
+
+def agent_subject(host_id: str) -> str:
+    return f"agent.{host_id}"
+
+
+def command(action: str, **fields: Any) -> dict[str, Any]:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown agent action {action!r}")
+    return {"action": action, **fields}
+
+
+# Driver error codes after which retrying the same command cannot help.
+PERMANENT_CODES = frozenset(
+    {"InvalidState", "InvalidSpec", "NotSupported", "InsufficientResources", "VmNotFound",
+     "ImageNotFound", "VolumeNotFound"}
+)  # fmt: skip

@@ -1,0 +1,340 @@
+"""Placement: placement groups, and turning a scheduler plan into a durable claim.
+
+The planner (``altostack.scheduler``) is pure and works on an in-memory snapshot of the
+hosts that this service keeps warm, so a placement costs no full table read. The snapshot
+may be stale; the claim is not: it is a conditional UPDATE (``used + n <= capacity``)
+inside the caller's transaction, plus, for hard anti-affinity, a row whose primary key
+forbids two group members on one host. A lost race refreshes the snapshot and re-plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from altostack.db.database import Database
+from altostack.db.models_compute import AntiAffinitySlot, Cluster, Host, PlacementGroup, Vm
+from altostack.db.uow import UnitOfWork
+from altostack.domain.errors import Conflict, DomainError, InvalidRequest
+from altostack.domain.ids import new_id
+from altostack.scheduler.model import ClusterView, GroupView, HostView, PlacementRequest, Plan
+from altostack.scheduler.planner import Planner, apply_placement
+from altostack.services import authz
+from altostack.services.context import RequestContext
+from altostack.services.infra import host_state
+
+MAX_ATTEMPTS = 4
+
+
+class NoCapacity(DomainError):
+    """Nothing fits; the detail says why, filter by filter."""
+
+    status = 409
+    code = "InsufficientCapacity"
+    title = "Insufficient capacity"
+
+
+@dataclass(frozen=True)
+class Claim:
+    host_id: str
+    cluster_id: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    gpus: int
+
+
+def group_view(g: PlacementGroup) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "tenant_id": g.tenant_id,
+        "name": g.name,
+        "policy": g.policy,
+        "mode": g.mode,
+        "created_at": g.created_at,
+    }
+
+
+class PlacementService:
+    def __init__(self, db: Database, *, refresh_seconds: float = 5.0) -> None:
+        self.db = db
+        self.refresh_seconds = refresh_seconds
+        self.planner = Planner()
+        self._hosts: dict[str, HostView] = {}
+        self._clusters: dict[str, ClusterView] = {}
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    # ---- placement groups ------------------------------------------------------------
+    async def create_group(
+        self, ctx: RequestContext, name: str, policy: str, mode: str
+    ) -> dict[str, Any]:
+        authz.require(ctx, "placement-group:create")
+        async with self.db.uow() as uow:
+            exists = await uow.session.scalar(
+                select(PlacementGroup).where(
+                    PlacementGroup.tenant_id == ctx.principal.tenant_id,
+                    PlacementGroup.name == name,
+                )
+            )
+            if exists is not None:
+                raise Conflict(f"a placement group named {name!r} already exists")
+            group = PlacementGroup(
+                id=new_id("pg"), tenant_id=ctx.principal.tenant_id, name=name,
+                policy=policy, mode=mode,
+            )  # fmt: skip
+            uow.session.add(group)
+            await uow.commit()
+        return group_view(group)
+
+    async def load_group(
+        self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
+    ) -> PlacementGroup:
+        group = await uow.session.get(PlacementGroup, group_id)
+        authz.require(ctx, perm, tenant_id=group.tenant_id if group else None,
+                      kind="placement group", ident=group_id)  # fmt: skip
+        assert group is not None
+        return group
+
+    async def get_group(self, ctx: RequestContext, group_id: str) -> dict[str, Any]:
+        async with self.db.uow(write=False) as uow:
+            group = await self.load_group(uow, ctx, group_id, "placement-group:read")
+            members = list(
+                await uow.session.scalars(
+                    select(Vm.id).where(Vm.placement_group_id == group_id, Vm.state != "deleted")
+                )
+            )
+        return {**group_view(group), "vm_ids": members}
+
+    async def list_groups(self, ctx: RequestContext, tenant_id: str | None) -> list[dict[str, Any]]:
+        authz.require(ctx, "placement-group:read")
+        target = authz.tenant_filter(ctx, tenant_id)
+        async with self.db.uow(write=False) as uow:
+            stmt = select(PlacementGroup).order_by(PlacementGroup.id.desc())
+            if target:
+                stmt = stmt.where(PlacementGroup.tenant_id == target)
+            return [group_view(g) for g in await uow.session.scalars(stmt)]
+
+    async def delete_group(self, ctx: RequestContext, group_id: str) -> None:
+        async with self.db.uow() as uow:
+            group = await self.load_group(uow, ctx, group_id, "placement-group:delete")
+            member = await uow.session.scalar(
+                select(Vm.id).where(Vm.placement_group_id == group_id).limit(1)
+            )
+            if member is not None:
+                raise Conflict(f"placement group {group.name!r} still holds VM {member}")
+            await uow.session.delete(group)
+            await uow.commit()
+
+    # ---- snapshot --------------------------------------------------------------------
+    async def refresh(self) -> None:
+        async with self.db.uow(write=False) as uow:
+            clusters = {c.id: c for c in await uow.session.scalars(select(Cluster))}
+            groups: dict[str, set[str]] = {}
+            rows = await uow.session.execute(
+                select(Vm.host_id, Vm.placement_group_id).where(
+                    Vm.placement_group_id.is_not(None), Vm.host_id.is_not(None)
+                )
+            )
+            for host_id, group_id in rows.all():
+                if host_id and group_id:
+                    groups.setdefault(host_id, set()).add(group_id)
+            hosts = list(await uow.session.scalars(select(Host)))
+        self._clusters = {
+            c.id: ClusterView(c.id, cast(Any, c.arch), cast(Any, c.policy))
+            for c in clusters.values()
+        }
+        self._hosts = {}
+        for h in hosts:
+            cluster = clusters.get(h.cluster_id)
+            if cluster is None:
+                continue
+            self._hosts[h.id] = HostView(
+                id=h.id,
+                cluster_id=h.cluster_id,
+                arch=cast(Any, h.arch),
+                state=cast(Any, host_state(h)),
+                vcpus=h.cores,
+                memory_mib=h.memory_mib,
+                disk_gib=h.disk_gib,
+                vcpus_used=h.vcpus_used,
+                memory_mib_used=h.memory_mib_used,
+                disk_gib_used=h.disk_gib_used,
+                gpus_total=len(h.gpus or []),
+                gpus_used=h.gpus_used,
+                cpu_ratio=cluster.cpu_allocation_ratio,
+                ram_ratio=cluster.ram_allocation_ratio,
+                load=h.load,
+                groups=frozenset(groups.get(h.id, ())),
+            )
+        self._loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0
+
+    async def _snapshot(self) -> None:
+        if time.monotonic() - self._loaded_at > self.refresh_seconds:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at > self.refresh_seconds:
+                    await self.refresh()
+
+    # ---- claims ----------------------------------------------------------------------
+    async def place(
+        self,
+        uow: UnitOfWork,
+        *,
+        vm_id: str,
+        vcpus: int,
+        memory_mib: int,
+        disk_gib: int,
+        gpus: int,
+        arch: str,
+        group: PlacementGroup | None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Claim:
+        """Choose a host and claim its capacity inside ``uow``; raises NoCapacity."""
+        await self._snapshot()
+        group_view_ = (
+            GroupView(group.id, cast(Any, group.policy), cast(Any, group.mode)) if group else None
+        )
+        tried: set[str] = set(exclude)
+        plan: Plan | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            request = PlacementRequest(
+                request_id=f"{vm_id}:{attempt}", vcpus=vcpus, memory_mib=memory_mib,
+                disk_gib=disk_gib, gpus=gpus, arch=cast(Any, arch), group=group_view_,
+                exclude_hosts=frozenset(tried),
+            )  # fmt: skip
+            plan = self.planner.plan(request, list(self._hosts.values()), self._clusters)
+            if plan.host_id is None:
+                if attempt == 0 or not tried - exclude:
+                    break
+                await self.refresh()
+                tried = set(exclude)
+                continue
+            host = self._hosts[plan.host_id]
+            if await self._claim(uow, host, request, vm_id, group):
+                self._hosts[host.id] = apply_placement(host, request)
+                return Claim(host.id, host.cluster_id, vcpus, memory_mib, disk_gib, gpus)
+            tried.add(host.id)
+            await self.refresh()
+        explanation = plan.explanation if plan else "no hosts are registered"
+        raise NoCapacity(explanation, extra={"rejections": dict(plan.rejections) if plan else {}})
+
+    async def _claim(
+        self,
+        uow: UnitOfWork,
+        host: HostView,
+        request: PlacementRequest,
+        vm_id: str,
+        group: PlacementGroup | None,
+    ) -> bool:
+        result = await uow.session.execute(
+            update(Host)
+            .where(
+                Host.id == host.id,
+                Host.admin_state == "enabled",
+                Host.liveness == "up",
+                Host.vcpus_used + request.vcpus <= Host.cores * host.cpu_ratio,
+                Host.memory_mib_used + request.memory_mib <= Host.memory_mib * host.ram_ratio,
+                Host.disk_gib_used + request.disk_gib <= Host.disk_gib,
+            )
+            .values(
+                vcpus_used=Host.vcpus_used + request.vcpus,
+                memory_mib_used=Host.memory_mib_used + request.memory_mib,
+                disk_gib_used=Host.disk_gib_used + request.disk_gib,
+                gpus_used=Host.gpus_used + request.gpus,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(result, "rowcount", 0):
+            return False
+        if group is not None and group.policy == "anti-affinity" and group.mode == "hard":
+            return await self._take_slot(uow, group.id, host.id, vm_id, request)
+        return True
+
+    async def _take_slot(
+        self, uow: UnitOfWork, group_id: str, host_id: str, vm_id: str, request: PlacementRequest
+    ) -> bool:
+        """The (group, host) primary key settles races between schedulers."""
+        existing = await uow.session.get(AntiAffinitySlot, (group_id, host_id))
+        ok = existing is None
+        if ok:
+            try:
+                async with uow.session.begin_nested():
+                    uow.session.add(
+                        AntiAffinitySlot(group_id=group_id, host_id=host_id, vm_id=vm_id)
+                    )
+            except IntegrityError:
+                ok = False
+        if not ok:
+            await self.release(uow, Claim(host_id, "", request.vcpus, request.memory_mib,
+                                          request.disk_gib, request.gpus), vm_id)  # fmt: skip
+        return ok
+
+    async def release(
+        self,
+        uow: UnitOfWork,
+        claim: Claim,
+        vm_id: str,
+        *,
+        keep_disk: bool = False,
+    ) -> None:
+        """Give back what a VM held; ``keep_disk`` for VMs whose disk stays (recycle bin)."""
+        disk = 0 if keep_disk else claim.disk_gib
+        await uow.session.execute(
+            update(Host)
+            .where(Host.id == claim.host_id)
+            .values(
+                vcpus_used=Host.vcpus_used - claim.vcpus,
+                memory_mib_used=Host.memory_mib_used - claim.memory_mib,
+                disk_gib_used=Host.disk_gib_used - disk,
+                gpus_used=Host.gpus_used - claim.gpus,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await uow.session.execute(delete(AntiAffinitySlot).where(AntiAffinitySlot.vm_id == vm_id))
+        self.invalidate()
+
+    async def claim_on(
+        self, uow: UnitOfWork, host_id: str, *, vcpus: int, memory_mib: int, disk_gib: int
+    ) -> bool:
+        """Claim more (or, negative, less) on a VM's current host: resize and restore."""
+        cluster_ratio = await uow.session.execute(
+            select(Cluster.cpu_allocation_ratio, Cluster.ram_allocation_ratio)
+            .join(Host, Host.cluster_id == Cluster.id)
+            .where(Host.id == host_id)
+        )
+        row = cluster_ratio.first()
+        if row is None:
+            return False
+        cpu_ratio, ram_ratio = row
+        result = await uow.session.execute(
+            update(Host)
+            .where(
+                Host.id == host_id,
+                Host.vcpus_used + vcpus <= Host.cores * cpu_ratio,
+                Host.memory_mib_used + memory_mib <= Host.memory_mib * ram_ratio,
+                Host.disk_gib_used + disk_gib <= Host.disk_gib,
+            )
+            .values(
+                vcpus_used=Host.vcpus_used + vcpus,
+                memory_mib_used=Host.memory_mib_used + memory_mib,
+                disk_gib_used=Host.disk_gib_used + disk_gib,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self.invalidate()
+        return bool(getattr(result, "rowcount", 0))
+
+
+def check_group(policy: str, mode: str) -> None:
+    if policy not in ("anti-affinity", "affinity"):
+        raise InvalidRequest.for_field("policy", "must be 'anti-affinity' or 'affinity'")
+    if mode not in ("hard", "soft"):
+        raise InvalidRequest.for_field("mode", "must be 'hard' or 'soft'")

@@ -1,0 +1,447 @@
+"""Virtual machines: create (placement, quota, claim in one transaction) and actions.
+
+Every change writes the new spec (``generation`` + 1) and an operation in one unit of
+work; the operation handlers in ``controllers.compute`` then drive the host agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, select
+
+from altostack.db.database import Database
+from altostack.db.models import Operation
+from altostack.db.models_compute import Image, InstanceType, PlacementGroup, Vm
+from altostack.db.repositories import Page, page_of
+from altostack.db.types import utcnow
+from altostack.db.uow import UnitOfWork
+from altostack.domain import vm_states
+from altostack.domain.errors import Conflict, InvalidRequest
+from altostack.domain.ids import new_id
+from altostack.services import authz
+from altostack.services.context import RequestContext
+from altostack.services.images import can_see
+from altostack.services.instance_types import InstanceTypeService
+from altostack.services.operations import OperationService
+from altostack.services.passwords import check_strength
+from altostack.services.placement import Claim, PlacementService
+from altostack.services.quotas import QuotaService
+
+CONSOLE_SECONDS = 300
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_BATCH = 10
+MAX_USER_DATA = 1024 * 1024
+
+
+def vm_view(vm: Vm) -> dict[str, Any]:
+    return {
+        "id": vm.id,
+        "name": vm.name,
+        "hostname": vm.hostname,
+        "tenant_id": vm.tenant_id,
+        "state": vm.state,
+        "power_state": vm.power_state,
+        "reason": vm.reason,
+        "instance_type": vm.instance_type,
+        "vcpus": vm.vcpus,
+        "memory_mib": vm.memory_mib,
+        "root_disk_gib": vm.root_disk_gib,
+        "gpus": vm.gpus,
+        "image_id": vm.image_id,
+        "arch": vm.arch,
+        "host_id": vm.host_id,
+        "subnet_id": vm.subnet_id,
+        "private_ip": vm.private_ip,
+        "placement_group_id": vm.placement_group_id,
+        "tags": dict(vm.tags or {}),
+        "generation": vm.generation,
+        "observed_generation": vm.observed_generation,
+        "created_at": vm.created_at,
+        "updated_at": vm.updated_at,
+        "deleted_at": vm.deleted_at,
+        "purge_after": vm.purge_after,
+    }
+
+
+def claim_of(vm: Vm) -> Claim:
+    return Claim(vm.host_id or "", vm.cluster_id or "", vm.vcpus, vm.memory_mib,
+                 vm.root_disk_gib, vm.gpus)  # fmt: skip
+
+
+def _hostname(name: str) -> str:
+    host = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:63]
+    return host or "vm"
+
+
+class VmService:
+    def __init__(
+        self,
+        db: Database,
+        operations: OperationService,
+        quotas: QuotaService,
+        placement: PlacementService,
+        *,
+        recycle_seconds: int,
+        console_key: bytes = b"",
+    ) -> None:
+        self.console_key = console_key
+        self.db = db
+        self.operations = operations
+        self.quotas = quotas
+        self.placement = placement
+        self.recycle_seconds = recycle_seconds
+
+    # ---- create ----------------------------------------------------------------------
+    async def create(self, ctx: RequestContext, req: dict[str, Any]) -> list[tuple[Vm, Operation]]:
+        authz.require(ctx, "vm:create")
+        count = int(req.get("count") or 1)
+        if not 1 <= count <= MAX_BATCH:
+            raise InvalidRequest.for_field("count", f"must be 1-{MAX_BATCH}")
+        name = req["name"]
+        if not NAME.match(name):
+            raise InvalidRequest.for_field(
+                "name", "1-64 characters: letters, digits, '.', '_' and '-'"
+            )
+        if req.get("password"):
+            check_strength(req["password"])
+        user_data = req.get("user_data")
+        if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
+            raise InvalidRequest.for_field("user_data", "must be at most 1 MiB")
+        async with self.db.uow() as uow:
+            itype = await InstanceTypeService.resolve(uow.session, req["instance_type"])
+            if itype is None or not itype.enabled:
+                raise InvalidRequest.for_field(
+                    "instance_type",
+                    f"no instance type {req['instance_type']!r}; see GET /v1/instance-types",
+                )
+            image = await uow.session.get(Image, req["image_id"])
+            if image is None or not can_see(ctx, image):
+                raise InvalidRequest.for_field("image_id", f"no image {req['image_id']!r}")
+            if image.state != "available":
+                raise InvalidRequest.for_field("image_id", f"image is {image.state}, not available")
+            disk = int(req.get("root_disk_gib") or max(itype.min_disk_gib, image.min_disk_gib))
+            if not itype.min_disk_gib <= disk <= itype.max_disk_gib:
+                raise InvalidRequest.for_field(
+                    "root_disk_gib",
+                    f"{itype.name} allows {itype.min_disk_gib}-{itype.max_disk_gib} GiB",
+                )
+            if disk < image.min_disk_gib:
+                raise InvalidRequest.for_field(
+                    "root_disk_gib", f"the image needs at least {image.min_disk_gib} GiB"
+                )
+            group = None
+            if req.get("placement_group_id"):
+                group = await self.placement.load_group(
+                    uow, ctx, req["placement_group_id"], "placement-group:read"
+                )
+            tenant = ctx.principal.tenant_id
+            await self.quotas.consume(uow, tenant, "vms", count)
+            await self.quotas.consume(uow, tenant, "vcpus", count * itype.vcpus)
+            await self.quotas.consume(uow, tenant, "memory_mib", count * itype.memory_mib)
+            created = []
+            for i in range(count):
+                vm_name = name if count == 1 else f"{name}-{i + 1}"
+                created.append(
+                    await self._create_one(uow, ctx, req, vm_name, itype, image, disk, group)
+                )
+            await uow.commit()
+        return created
+
+    async def _create_one(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        req: dict[str, Any],
+        name: str,
+        itype: InstanceType,
+        image: Image,
+        disk: int,
+        group: PlacementGroup | None,
+    ) -> tuple[Vm, Operation]:
+        vm_id = new_id("vm")
+        claim = await self.placement.place(
+            uow, vm_id=vm_id, vcpus=itype.vcpus, memory_mib=itype.memory_mib,
+            disk_gib=disk, gpus=itype.gpus, arch=image.arch, group=group,
+        )  # fmt: skip
+        vm = Vm(
+            id=vm_id,
+            tenant_id=ctx.principal.tenant_id,
+            name=name,
+            hostname=_hostname(name),
+            instance_type_id=itype.id,
+            instance_type=itype.name,
+            vcpus=itype.vcpus,
+            memory_mib=itype.memory_mib,
+            root_disk_gib=disk,
+            gpus=itype.gpus,
+            gpu_addresses=[],
+            image_id=image.id,
+            arch=image.arch,
+            host_id=claim.host_id,
+            cluster_id=claim.cluster_id,
+            subnet_id=req.get("subnet_id"),
+            placement_group_id=group.id if group else None,
+            tags=dict(req.get("tags") or {}),
+            ssh_keys=list(req.get("ssh_keys") or []),
+            user_data=req.get("user_data"),
+            power_state="running",
+            state="pending",
+            generation=1,
+            observed_generation=0,
+        )
+        uow.session.add(vm)
+        op = self.operations.create(
+            uow, ctx, "vm.create", resource_type="vm", resource_id=vm_id,
+            input={"password": req.get("password")} if req.get("password") else {},
+        )  # fmt: skip
+        ctx.audit.resource_id = vm_id
+        return vm, op
+
+    # ---- reads -----------------------------------------------------------------------
+    async def load(self, uow: UnitOfWork, ctx: RequestContext, vm_id: str, perm: str) -> Vm:
+        vm = await uow.session.get(Vm, vm_id)
+        authz.require(ctx, perm, tenant_id=vm.tenant_id if vm else None, kind="VM",
+                      ident=vm_id, tags=vm.tags if vm else None)  # fmt: skip
+        assert vm is not None
+        return vm
+
+    async def get(self, ctx: RequestContext, vm_id: str) -> dict[str, Any]:
+        async with self.db.uow(write=False) as uow:
+            return vm_view(await self.load(uow, ctx, vm_id, "vm:read"))
+
+    async def list(
+        self,
+        ctx: RequestContext,
+        *,
+        state: str | None,
+        name: str | None,
+        host_id: str | None,
+        placement_group_id: str | None,
+        tenant_id: str | None,
+        tags: dict[str, str],
+        limit: int,
+        cursor: str | None,
+    ) -> Page[Vm]:
+        authz.require(ctx, "vm:read")
+        where: list[ColumnElement[bool]] = []
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(Vm.tenant_id == target)
+        where.append(Vm.state == state if state else Vm.state != "deleted")
+        if name:
+            where.append(Vm.name == name)
+        if host_id:
+            where.append(Vm.host_id == host_id)
+        if placement_group_id:
+            where.append(Vm.placement_group_id == placement_group_id)
+        scope = {**ctx.principal.scope_tags, **tags}
+        async with self.db.uow(write=False) as uow:
+            if not scope:
+                return await page_of(uow.session, Vm, where, limit=limit, cursor=cursor)
+            # Tag filters are applied in Python so they work the same on both databases;
+            # a scoped sub-account's pages are filled up to ``limit`` all the same.
+            items: list[Vm] = []
+            while len(items) < limit:
+                page = await page_of(uow.session, Vm, where, limit=limit, cursor=cursor)
+                items += [v for v in page.items if all((v.tags or {}).get(k) == x
+                                                        for k, x in scope.items())]  # fmt: skip
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            return Page(items[:limit], items[limit - 1].id if len(items) > limit else cursor)
+
+    # ---- actions ---------------------------------------------------------------------
+    async def act(
+        self, ctx: RequestContext, vm_id: str, verb: str, args: dict[str, Any]
+    ) -> tuple[Vm, Operation | None]:
+        """Validate the verb against the state, write the spec change and the operation."""
+        permission = "vm:delete" if verb == "delete" else f"vm:{verb}"
+        async with self.db.uow() as uow:
+            vm = await self.load(uow, ctx, vm_id, permission)
+            try:
+                needed = vm_states.check(verb, vm.state)
+            except ValueError:
+                raise Conflict(
+                    f"cannot {verb} VM {vm.id}: it is {vm.state}",
+                    extra={"current_state": vm.state},
+                ) from None
+            if not needed:
+                return vm, None
+            op_input = await self._prepare(uow, ctx, vm, verb, args)
+            vm.state = vm_states.DURING.get(verb, vm.state)
+            vm.generation += 1
+            vm.reason = None
+            op = self.operations.create(
+                uow, ctx, f"vm.{verb.replace('-', '_')}", resource_type="vm",
+                resource_id=vm.id, input=op_input,
+            )  # fmt: skip
+            await uow.commit()
+        return vm, op
+
+    async def _prepare(
+        self, uow: UnitOfWork, ctx: RequestContext, vm: Vm, verb: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        if verb == "start":
+            vm.power_state = "running"
+        elif verb == "stop":
+            vm.power_state = "stopped"
+            return {"force": bool(args.get("force")), "timeout": float(args.get("timeout", 60))}
+        elif verb == "reinstall":
+            return await self._prepare_reinstall(uow, ctx, vm, args)
+        elif verb == "resize":
+            return await self._prepare_resize(uow, ctx, vm, args)
+        elif verb == "reset-password":
+            check_strength(args["password"])
+            return {"password": args["password"], "user": args.get("user") or "root"}
+        elif verb == "delete":
+            await self._prepare_delete(uow, vm)
+        elif verb == "restore":
+            await self._prepare_restore(uow, vm)
+        return {}
+
+    async def _prepare_reinstall(
+        self, uow: UnitOfWork, ctx: RequestContext, vm: Vm, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        image_id = args.get("image_id") or vm.image_id
+        image = await uow.session.get(Image, image_id)
+        if image is None or not can_see(ctx, image) or image.state != "available":
+            raise InvalidRequest.for_field("image_id", f"no available image {image_id!r}")
+        if image.arch != vm.arch:
+            raise InvalidRequest.for_field("image_id", f"image is {image.arch}, VM is {vm.arch}")
+        if image.min_disk_gib > vm.root_disk_gib:
+            raise InvalidRequest.for_field(
+                "image_id",
+                f"image needs {image.min_disk_gib} GiB, the root disk has {vm.root_disk_gib}",
+            )
+        vm.image_id = image.id
+        vm.power_state = "stopped"
+        return {"image_id": image.id, "password": args.get("password")}
+
+    async def _prepare_resize(
+        self, uow: UnitOfWork, ctx: RequestContext, vm: Vm, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        itype = await InstanceTypeService.resolve(uow.session, args["instance_type"])
+        if itype is None or not itype.enabled:
+            raise InvalidRequest.for_field(
+                "instance_type", f"no instance type {args['instance_type']!r}"
+            )
+        if itype.id == vm.instance_type_id:
+            raise Conflict(f"VM {vm.id} already is {itype.name}")
+        if itype.gpus != vm.gpus:
+            raise InvalidRequest.for_field("instance_type", "the GPU count cannot change")
+        if vm.root_disk_gib > itype.max_disk_gib:
+            raise InvalidRequest.for_field(
+                "instance_type",
+                f"{itype.name} allows at most {itype.max_disk_gib} GiB of root disk",
+            )
+        d_cpu, d_mem = itype.vcpus - vm.vcpus, itype.memory_mib - vm.memory_mib
+        running = vm.state == "running"
+        live = running and d_cpu >= 0 and d_mem >= 0
+        if running and not live and not args.get("allow_restart"):
+            raise Conflict(
+                "shrinking a running VM needs a restart; pass allow_restart=true or stop it first",
+                extra={"current_state": vm.state},
+            )
+        for quota, delta in (("vcpus", d_cpu), ("memory_mib", d_mem)):
+            if delta > 0:
+                await self.quotas.consume(uow, vm.tenant_id, quota, delta)
+            elif delta < 0:
+                await self.quotas.release(uow, vm.tenant_id, quota, -delta)
+        if vm.host_id and not await self.placement.claim_on(
+            uow, vm.host_id, vcpus=d_cpu, memory_mib=d_mem, disk_gib=0
+        ):
+            raise Conflict(
+                f"host of VM {vm.id} lacks room for {itype.name}; migration comes later",
+                extra={"current_state": vm.state},
+            )
+        previous = {"instance_type_id": vm.instance_type_id, "vcpus": vm.vcpus,
+                    "memory_mib": vm.memory_mib}  # fmt: skip
+        vm.instance_type_id, vm.instance_type = itype.id, itype.name
+        vm.vcpus, vm.memory_mib = itype.vcpus, itype.memory_mib
+        return {
+            "previous": previous,
+            "live": live,
+            "allow_restart": bool(args.get("allow_restart")),
+            "was_running": running,
+        }
+
+    async def _prepare_delete(self, uow: UnitOfWork, vm: Vm) -> None:
+        """To the recycle bin: quota freed now, compute claim freed, disk kept."""
+        vm.power_state = "stopped"
+        await self.quotas.release(uow, vm.tenant_id, "vms", 1)
+        await self.quotas.release(uow, vm.tenant_id, "vcpus", vm.vcpus)
+        await self.quotas.release(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
+        if vm.host_id:
+            await self.placement.release(uow, claim_of(vm), vm.id, keep_disk=True)
+
+    async def _prepare_restore(self, uow: UnitOfWork, vm: Vm) -> None:
+        """Restore re-checks quota and re-claims the host (where its disk is)."""
+        await self.quotas.consume(uow, vm.tenant_id, "vms", 1)
+        await self.quotas.consume(uow, vm.tenant_id, "vcpus", vm.vcpus)
+        await self.quotas.consume(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
+        if vm.host_id and not await self.placement.claim_on(
+            uow, vm.host_id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_gib=0
+        ):
+            raise Conflict(f"the host of VM {vm.id} has no room to restore it now")
+        vm.state = "stopped"
+        vm.power_state = "stopped"
+        vm.deleted_at = None
+        vm.purge_after = None
+
+    async def recycle_bin(self, ctx: RequestContext, tenant_id: str | None) -> Sequence[Vm]:
+        authz.require(ctx, "recycle-bin:read")
+        target = authz.tenant_filter(ctx, tenant_id)
+        async with self.db.uow(write=False) as uow:
+            stmt = select(Vm).where(Vm.state == "deleted").order_by(Vm.id.desc())
+            if target:
+                stmt = stmt.where(Vm.tenant_id == target)
+            return list(await uow.session.scalars(stmt))
+
+    async def purge(self, ctx: RequestContext, vm_id: str) -> Operation:
+        async with self.db.uow() as uow:
+            vm = await self.load(uow, ctx, vm_id, "recycle-bin:delete")
+            if vm.state != "deleted":
+                raise Conflict(f"VM {vm.id} is {vm.state}, not in the recycle bin")
+            op = self.operations.create(uow, ctx, "vm.purge", resource_type="vm", resource_id=vm.id)
+            await uow.commit()
+        return op
+
+    async def due_for_purge(self) -> Sequence[str]:
+        async with self.db.uow(write=False) as uow:
+            rows = await uow.session.scalars(
+                select(Vm.id).where(Vm.state == "deleted", Vm.purge_after < utcnow())
+            )
+            return list(rows)
+
+    async def console(self, ctx: RequestContext, vm_id: str) -> dict[str, Any]:
+        """A console URL with a token valid for 300 s, bound to this VM.
+
+        The token is an HMAC under the server secret (no table): the console proxy checks
+        it, and spends it on first use."""
+        async with self.db.uow(write=False) as uow:
+            vm = await self.load(uow, ctx, vm_id, "vm:console")
+        try:
+            vm_states.check("console", vm.state)
+        except ValueError:
+            raise Conflict(
+                f"cannot open the console of VM {vm.id}: it is {vm.state}",
+                extra={"current_state": vm.state},
+            ) from None
+        expires = utcnow() + timedelta(seconds=CONSOLE_SECONDS)
+        payload = json.dumps(
+            {"vm": vm.id, "exp": int(expires.timestamp()), "n": secrets.token_hex(8)}
+        ).encode()
+        body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        mac = hmac.new(self.console_key, body.encode(), hashlib.sha256).hexdigest()
+        token = f"{body}.{mac}"
+        return {"url": f"/v1/console/vnc?token={token}", "token": token,
+                "expires_at": expires, "protocol": "vnc"}  # fmt: skip
