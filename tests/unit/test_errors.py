@@ -80,18 +80,13 @@ async def test_nested_body_field_is_named_with_its_path(
     assert {e["field"] for e in body["errors"]} == {"steps", "step_seconds"}
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b'{"username": "admin", "password": ', b"not json at all", b"[1, 2, 3]", b""],
-)
-async def test_malformed_body_is_a_problem_naming_the_body(
-    client: httpx.AsyncClient, content: bytes
-):
-    r = await client.post(
-        "/v1/auth/tokens", content=content, headers={"Content-Type": "application/json"}
-    )
-    body = problem(r, 422, "ValidationFailed")
-    assert body["errors"][0]["field"] == "body"
+async def test_malformed_body_is_a_problem_naming_the_body(client: httpx.AsyncClient):
+    for content in (b'{"username": "admin", "password": ', b"not json", b"[1, 2]", b""):
+        r = await client.post(
+            "/v1/auth/tokens", content=content, headers={"Content-Type": "application/json"}
+        )
+        body = problem(r, 422, "ValidationFailed")
+        assert body["errors"][0]["field"] == "body", content
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient, admin: dict[str, str]):
@@ -135,17 +130,17 @@ async def test_missing_or_bad_credentials_are_401_problems(client: httpx.AsyncCl
     assert "password" in body["detail"]
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_unexpected_exception_is_a_500_without_internals(
-    client: httpx.AsyncClient, admin: dict[str, str], method: str
+    client: httpx.AsyncClient, admin: dict[str, str]
 ):
-    with plain_tracebacks():
-        r = await client.request(method, "/v1/test/crash", headers=admin)
-    body = problem(r, 500, "InternalError")
-    assert "SECRET-CRASH-DETAIL" not in r.text
-    assert "Traceback" not in r.text
-    assert "RuntimeError" not in r.text
-    assert body["instance"] == "/v1/test/crash"
+    for method in ("GET", "POST"):  # reads and mutations take different paths
+        with plain_tracebacks():
+            r = await client.request(method, "/v1/test/crash", headers=admin)
+        body = problem(r, 500, "InternalError")
+        assert "SECRET-CRASH-DETAIL" not in r.text
+        assert "Traceback" not in r.text
+        assert "RuntimeError" not in r.text
+        assert body["instance"] == "/v1/test/crash"
     # The service keeps serving.
     assert (await client.get("/v1/operations", headers=admin)).status_code == 200
 

@@ -226,6 +226,7 @@ async def test_failed_request_rolls_back_its_operation(
 async def test_crashed_worker_is_taken_over_after_the_lease(
     container: Container, client: httpx.AsyncClient, admin: dict[str, str]
 ):
+    container.settings.operation_lease_seconds = 1.0
     op = await start_steps(client, admin, steps=10, step_seconds=0.1)
     seen = await wait_until(lambda: progress_at_least(client, admin, op["id"], 30))
     await container.worker.crash()
@@ -246,7 +247,7 @@ async def test_crashed_worker_is_taken_over_after_the_lease(
         await successor.stop()
     assert done["state"] == "succeeded", done
     assert done["attempts"] == 2
-    # Not before the lease ran out (2 s in the tests' settings).
+    # Not before the lease ran out.
     assert loop.time() - crashed_at >= container.settings.operation_lease_seconds * 0.8
     resumed = done["result"]["resumed_from"]
     assert resumed >= at_crash["progress"] // 10 >= 3
@@ -256,7 +257,9 @@ async def test_crashed_worker_is_taken_over_after_the_lease(
 
 
 async def test_lease_takeover_counts_towards_max_attempts(db_url: str, tmp_path: Path):
-    settings = make_settings(db_url, tmp_path, plugins=[PLUGIN], operation_max_attempts=1)
+    settings = make_settings(
+        db_url, tmp_path, plugins=[PLUGIN], operation_max_attempts=1, operation_lease_seconds=1
+    )
     async with serve(settings) as (c, client, admin):
         op = await start_steps(client, admin, steps=10, step_seconds=0.1)
         await wait_until(lambda: progress_at_least(client, admin, op["id"], 10))

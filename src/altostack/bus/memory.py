@@ -29,7 +29,9 @@ class MemoryBus(Bus):
     def __init__(self) -> None:
         self._subs: list[_MemorySubscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._rr = itertools.count()
+        # One round-robin counter per queue group: a shared one would hand a group the
+        # same member every time whenever the number of groups divides its size.
+        self._rr: dict[str, itertools.count[int]] = {}
         self._closed = False
 
     def _targets(self, subject: str) -> list[_MemorySubscription]:
@@ -39,8 +41,9 @@ class MemoryBus(Bus):
         for sub in matched:
             if sub.queue is not None:
                 groups.setdefault(sub.queue, []).append(sub)
-        for members in groups.values():
-            plain.append(members[next(self._rr) % len(members)])
+        for queue, members in groups.items():
+            turn = next(self._rr.setdefault(queue, itertools.count()))
+            plain.append(members[turn % len(members)])
         return plain
 
     async def publish(
