@@ -1,0 +1,306 @@
+"""The compute driver interface: what an agent may ask of a hypervisor, and the promises.
+
+Every backend (``sim`` now, ``qemu`` next) implements :class:`ComputeDriver` and passes
+``tests/contract/test_compute_contract.py``. The contract of each method is written in its
+docstring; the contract suite has a test for every sentence. Optional features are not
+separate interfaces but flags in :class:`ComputeCapabilities`: a backend that lacks one
+raises :class:`~altostack.drivers.errors.NotSupported` and the control plane plans around
+it (stop-resize-start instead of a live resize).
+
+Shared rules for every method:
+
+- The driver holds no authoritative state. Everything it reports it reads from the host, so
+  a new driver instance (an agent restart) sees the same VMs, running ones included, and
+  VMs are never children of the agent process.
+- Operations on one VM are serialised; operations on different VMs run concurrently.
+- Errors are the typed ones in :mod:`altostack.drivers.errors`. A missing VM is
+  ``VmNotFound`` (except for ``get_vm`` and ``delete_vm``); a VM in the wrong state is
+  ``InvalidState`` naming its current state. A failed operation leaves the VM as it was.
+- Cancelling a call (``asyncio.CancelledError``) cleans up like a failure and propagates.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Literal
+
+PowerState = Literal["running", "stopped"]
+"""What a spec may ask for."""
+VmState = Literal["running", "stopped", "paused", "crashed"]
+"""What a host may report."""
+StoppedBy = Literal["api", "guest"]
+Accel = Literal["kvm", "tcg", "sim"]
+
+DEFAULT_USER = "root"
+"""The guest user whose password ``VmSpec.password`` sets."""
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """One virtual NIC: the port ``id`` on network ``network_id``."""
+
+    id: str
+    mac: str
+    ip: str
+    network_id: str
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """The desired VM, as the control plane last wrote it (``generation`` increases)."""
+
+    id: str
+    name: str
+    generation: int
+    vcpus: int
+    memory_mib: int
+    root_disk_gib: int
+    image_id: str
+    _: KW_ONLY
+    arch: str = "x86_64"
+    power_state: PowerState = "running"
+    hostname: str | None = None
+    """None: the guest's hostname is ``name``."""
+    password: str | None = field(default=None, repr=False)
+    ssh_keys: tuple[str, ...] = ()
+    user_data: str | None = field(default=None, repr=False)
+    nics: tuple[NicSpec, ...] = ()
+    gpus: tuple[str, ...] = ()
+    """PCI addresses of host GPUs passed through to the guest."""
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.vcpus < 1 or self.memory_mib < 1 or self.root_disk_gib < 1:
+            raise ValueError("vcpus, memory_mib and root_disk_gib must be positive")
+        if self.generation < 0:
+            raise ValueError("generation must not be negative")
+        if self.power_state not in ("running", "stopped"):
+            raise ValueError(
+                f"power_state must be 'running' or 'stopped', not {self.power_state!r}"
+            )
+        # Freeze the collections so a spec can be shared between tasks without copies.
+        object.__setattr__(self, "ssh_keys", tuple(self.ssh_keys))
+        object.__setattr__(self, "nics", tuple(self.nics))
+        object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    @property
+    def guest_hostname(self) -> str:
+        return self.hostname or self.name
+
+
+@dataclass(frozen=True)
+class ConsoleEndpoint:
+    """Where a VM's graphical console listens.
+
+    ``password`` is only set on what :meth:`ComputeDriver.console` returns; status reports
+    travel widely and never carry it.
+    """
+
+    host: str
+    port: int
+    protocol: str = "vnc"
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    """What the host reports about one VM.
+
+    ``generation`` is the last spec generation fully applied. ``stopped_by`` is set only
+    when ``state == "stopped"``: ``"guest"`` when the guest powered itself off (the control
+    plane then updates the spec instead of starting it again), else ``"api"``.
+    ``started_at`` is when the VM was last powered on (a reboot keeps it); ``None`` unless
+    running or paused. ``console`` is the console listener while the VM runs or is paused.
+    """
+
+    id: str
+    state: VmState
+    generation: int
+    vcpus: int
+    memory_mib: int
+    started_at: datetime | None
+    stopped_by: StoppedBy | None
+    console: ConsoleEndpoint | None
+    image_id: str | None = None
+    """The image the root disk was (re)installed from."""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    pci_address: str
+    model: str
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """The host's capacity (not its usage: placement claims live in the control plane)."""
+
+    hostname: str
+    arch: str
+    cores: int
+    memory_mib: int
+    disk_gib: int
+    gpus: tuple[Gpu, ...]
+    accel: Accel
+
+
+@dataclass(frozen=True)
+class ComputeCapabilities:
+    """What this backend can do beyond the basics; absent features raise NotSupported."""
+
+    live_resize_cpu: bool = False
+    """vCPUs can be added to a running VM."""
+    live_resize_memory: bool = False
+    """Memory can be added to a running VM."""
+    live_migration: bool = False
+    """Reserved for the migration work; no method uses it yet."""
+    hot_plug_disk: bool = False
+    """Reserved for disk attachment; no method uses it yet."""
+    hot_plug_nic: bool = False
+    """``ensure_vm`` may change the NICs of a running VM."""
+    pause: bool = False
+    """``pause_vm`` / ``resume_vm`` work."""
+    console: bool = False
+    """``console`` returns a graphical console endpoint."""
+
+
+class ComputeDriver(abc.ABC):
+    """One hypervisor host, seen by its agent."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> ComputeCapabilities:
+        """The optional features; constant for the life of the driver."""
+
+    @abc.abstractmethod
+    async def host_info(self) -> HostInfo:
+        """The host's architecture, capacity, GPUs and the accelerator in use."""
+
+    @abc.abstractmethod
+    async def list_vms(self) -> list[VmStatus]:
+        """Every VM found on the host, sorted by id.
+
+        Includes VMs the control plane may not know (orphans: made by an earlier agent, or
+        by hand) so it can report them; never VMs whose creation has not finished.
+        """
+
+    @abc.abstractmethod
+    async def get_vm(self, vm_id: str) -> VmStatus | None:
+        """The VM's status, or ``None`` when it does not exist (not an error)."""
+
+    @abc.abstractmethod
+    async def ensure_vm(self, spec: VmSpec, *, stop_timeout: float = 60.0) -> VmStatus:
+        """Make the VM exist and look like ``spec``; the reconcilers' one verb.
+
+        - Creates the VM when missing: root disk from ``spec.image_id`` of
+          ``spec.root_disk_gib``, then powers it on if ``spec.power_state == "running"``.
+        - Idempotent: calling it again with the same spec changes nothing (a running VM is
+          not restarted) and concurrent calls for one id never create two VMs.
+        - Converges an existing VM: power state (a stop is graceful, forced after
+          ``stop_timeout`` seconds; a crashed or guest-stopped VM whose spec says running
+          is started again; a paused one resumed), size and NICs. Changes that cannot be
+          applied to a running VM (shrinking, growing without the live capability, GPUs,
+          NICs without ``hot_plug_nic``) raise ``InvalidState(current, "stopped")``:
+          stop it, or put ``power_state="stopped"`` in the spec, and ensure again.
+          The root disk is made once: ``image_id`` and ``root_disk_gib`` changes need
+          :meth:`reinstall_vm`.
+        - Records ``spec.generation`` as applied once everything converged; a spec whose
+          generation is *older* than the applied one is stale and changes nothing.
+        - A VM that would run beyond the host's memory, disk or free GPUs raises
+          ``InsufficientResources``; another architecture raises ``NotSupported``.
+        - A failed create cleans up after itself: nothing of the VM remains, not even
+          after a failed first boot, and the same ensure can simply be retried.
+        """
+
+    @abc.abstractmethod
+    async def start_vm(self, vm_id: str) -> VmStatus:
+        """Power the VM on.
+
+        Start of a running VM is a no-op; a stopped or crashed VM boots; a paused one
+        raises ``InvalidState`` (resume it). ``InsufficientResources`` when the host lacks
+        the memory or GPUs to run it; the VM then stays stopped.
+        """
+
+    @abc.abstractmethod
+    async def stop_vm(self, vm_id: str, *, timeout: float, force: bool = False) -> VmStatus:
+        """Power the VM off: ask the guest (ACPI), and pull the plug after ``timeout`` s.
+
+        ``force=True`` pulls the plug at once. Stop of a stopped VM is a no-op; a paused VM
+        is resumed so it can shut down cleanly; a crashed VM is cleaned up. The VM ends
+        ``stopped`` with ``stopped_by="api"``.
+        """
+
+    @abc.abstractmethod
+    async def reboot_vm(self, vm_id: str, *, hard: bool = False) -> VmStatus:
+        """Restart the guest OS: soft via ACPI/ctrl-alt-del, ``hard`` via a reset.
+
+        Needs a running VM (``InvalidState`` otherwise); the VM stays running and keeps
+        its ``started_at``.
+        """
+
+    @abc.abstractmethod
+    async def resize_vm(self, vm_id: str, vcpus: int, memory_mib: int, *, live: bool) -> VmStatus:
+        """Change the VM's vCPUs and memory.
+
+        - A resize to the current size is a no-op, whatever the state.
+        - ``live=True`` needs a running VM (``InvalidState`` otherwise) and only grows:
+          a smaller value raises ``NotSupported("live downsizing")`` and growing a
+          dimension without its capability (``live_resize_cpu`` /
+          ``live_resize_memory``) raises ``NotSupported`` naming the capability. Nothing
+          is changed unless every dimension can be.
+        - ``live=False`` needs a stopped (or crashed) VM: a running or paused VM raises
+          ``InvalidState`` naming its state; any positive size is allowed.
+        - Growing memory beyond the host's free memory raises ``InsufficientResources``.
+        """
+
+    @abc.abstractmethod
+    async def reinstall_vm(self, spec: VmSpec) -> VmStatus:
+        """Replace the root disk with a fresh one from ``spec.image_id``; the VM ends stopped.
+
+        Needs a stopped or crashed VM (``InvalidState`` otherwise: stop it gracefully first,
+        data disks may be attached). Applies the whole spec (size, hostname, password, keys,
+        user data) and records its generation. The old root disk's data is gone.
+        """
+
+    @abc.abstractmethod
+    async def set_password(self, vm_id: str, user: str, password: str) -> None:
+        """Set a guest user's password: at once where the backend can, else at next boot.
+
+        Works in any state; the latest call wins.
+        """
+
+    @abc.abstractmethod
+    async def pause_vm(self, vm_id: str) -> VmStatus:
+        """Freeze a running VM's vCPUs (memory stays allocated).
+
+        ``NotSupported`` without the ``pause`` capability; pausing a paused VM is a no-op;
+        any other state raises ``InvalidState``.
+        """
+
+    @abc.abstractmethod
+    async def resume_vm(self, vm_id: str) -> VmStatus:
+        """Continue a paused VM.
+
+        ``NotSupported`` without the ``pause`` capability; resuming a running VM is a
+        no-op; any other state raises ``InvalidState``.
+        """
+
+    @abc.abstractmethod
+    async def console(self, vm_id: str) -> ConsoleEndpoint:
+        """The VM's console endpoint with a fresh password; earlier passwords stop working.
+
+        ``NotSupported`` without the ``console`` capability; the VM must be running or
+        paused (``InvalidState`` otherwise).
+        """
+
+    @abc.abstractmethod
+    async def delete_vm(self, vm_id: str) -> None:
+        """Destroy the VM in whatever state (power cut, root disk removed).
+
+        Delete of a missing VM succeeds, so a retried delete is harmless.
+        """

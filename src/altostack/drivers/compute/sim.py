@@ -1,0 +1,348 @@
+"""The ``sim`` compute backend: VMs in memory, with real states, errors and timing.
+
+It is what lets one process hold a 1,000-host cloud, and what unit tests run against, so it
+must behave like the ``qemu`` backend in everything the control plane can observe: the same
+states and transitions, the same typed errors, resources that run out, VMs that survive an
+agent restart (they live in a :class:`SimHypervisor`, not in the driver), guests that shut
+themselves down or crash. Delays come from :class:`SimTimings`; failures from a
+:class:`FaultInjector`, checked at the same points a real backend can fail.
+
+Simplifications (invisible through the interface): guest configuration (hostname, keys,
+user data) is taken at create and reinstall time only; a soft reboot always succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from altostack.drivers.compute.base import (
+    ComputeCapabilities,
+    ComputeDriver,
+    ConsoleEndpoint,
+    HostInfo,
+    VmSpec,
+    VmStatus,
+)
+from altostack.drivers.compute.sim_hypervisor import (
+    SimGuest,
+    SimHostConfig,
+    SimHypervisor,
+    SimVm,
+    guest_from_spec,
+)
+from altostack.drivers.errors import InvalidState, NotSupported
+from altostack.drivers.faults import FaultInjector
+from altostack.drivers.timings import SimTimings
+
+__all__ = [
+    "SIM_CAPABILITIES",
+    "SimComputeDriver",
+    "SimGuest",
+    "SimHostConfig",
+    "SimHypervisor",
+]
+
+SIM_CAPABILITIES = ComputeCapabilities(
+    live_resize_cpu=True,
+    live_resize_memory=True,
+    live_migration=False,
+    hot_plug_disk=True,
+    hot_plug_nic=True,
+    pause=True,
+    console=True,
+)
+"""What the sim can do by default; pass ``ComputeCapabilities()`` to get a minimal host."""
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class SimComputeDriver(ComputeDriver):
+    """A compute driver over a :class:`SimHypervisor` (a new one unless given)."""
+
+    def __init__(
+        self,
+        hypervisor: SimHypervisor | None = None,
+        *,
+        timings: SimTimings | None = None,
+        faults: FaultInjector | None = None,
+        capabilities: ComputeCapabilities = SIM_CAPABILITIES,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.hypervisor = hypervisor or SimHypervisor()
+        self.timings = timings or SimTimings()
+        self.faults = faults or FaultInjector()
+        self._capabilities = capabilities
+        self._sleep = sleep
+
+    @property
+    def capabilities(self) -> ComputeCapabilities:
+        return self._capabilities
+
+    async def host_info(self) -> HostInfo:
+        c = self.hypervisor.config
+        return HostInfo(c.hostname, c.arch, c.cores, c.memory_mib, c.disk_gib, c.gpus, "sim")
+
+    async def list_vms(self) -> list[VmStatus]:
+        return [self._status(vm) for vm in self.hypervisor.all()]
+
+    async def get_vm(self, vm_id: str) -> VmStatus | None:
+        vm = self.hypervisor.find(vm_id)
+        return None if vm is None else self._status(vm)
+
+    # -- ensure ----------------------------------------------------------------------------
+
+    async def ensure_vm(self, spec: VmSpec, *, stop_timeout: float = 60.0) -> VmStatus:
+        async with self.hypervisor.lock(spec.id):
+            vm = self.hypervisor.find(spec.id)
+            if vm is None:
+                vm = await self._create(spec)
+            elif spec.generation >= vm.generation:
+                await self._converge(vm, spec, stop_timeout)
+            return self._status(vm)
+
+    async def _create(self, spec: VmSpec) -> SimVm:
+        self._check_arch(spec)
+        vm = self.hypervisor.begin_create(spec)
+        try:
+            await self._work("create", self.timings.create, spec.id)
+            if spec.power_state == "running":
+                await self._power_on(vm)
+            else:
+                vm.state, vm.stopped_by = "stopped", "api"
+            vm.generation = spec.generation
+        except BaseException:
+            self.hypervisor.remove(spec.id)
+            raise
+        return vm
+
+    async def _converge(self, vm: SimVm, spec: VmSpec, stop_timeout: float) -> None:
+        want_running = spec.power_state == "running"
+        if not want_running and vm.state != "stopped":
+            await self._power_off(vm, timeout=stop_timeout, force=False)
+        if vm.state in ("running", "paused"):
+            await self._apply_live(vm, spec)
+            if vm.state == "paused":
+                await self._work("resume", self.timings.pause, vm.spec.id)
+                vm.state = "running"
+        else:
+            await self._apply_offline(vm, spec)
+            if want_running:
+                await self._power_on(vm)
+        # The root disk is made once: keep what it was made from (reinstall changes it).
+        vm.spec = dataclasses.replace(
+            spec, image_id=vm.spec.image_id, root_disk_gib=vm.spec.root_disk_gib
+        )
+        vm.generation = spec.generation
+
+    async def _apply_live(self, vm: SimVm, spec: VmSpec) -> None:
+        problems = []
+        if spec.gpus != vm.spec.gpus:
+            problems.append("GPUs can only change while it is stopped")
+        if spec.nics != vm.spec.nics and not self._capabilities.hot_plug_nic:
+            problems.append("NICs can only change while it is stopped on this host")
+        try:
+            self._check_live_resize(vm, spec.vcpus, spec.memory_mib)
+        except NotSupported as exc:
+            problems.append(exc.message)
+        if problems:
+            raise InvalidState(
+                vm.state,
+                "stopped",
+                resource_id=vm.spec.id,
+                message=f"{vm.spec.id} is {vm.state}; {'; '.join(problems)}: stop it first",
+            )
+        if (spec.vcpus, spec.memory_mib) != (vm.vcpus, vm.memory_mib):
+            await self._resize_live(vm, spec.vcpus, spec.memory_mib)
+
+    async def _apply_offline(self, vm: SimVm, spec: VmSpec) -> None:
+        if (spec.vcpus, spec.memory_mib) != (vm.vcpus, vm.memory_mib):
+            await self._work("resize", self.timings.resize, vm.spec.id)
+            vm.vcpus, vm.memory_mib = spec.vcpus, spec.memory_mib
+
+    # -- power -----------------------------------------------------------------------------
+
+    async def start_vm(self, vm_id: str) -> VmStatus:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if vm.state == "paused":
+                raise InvalidState(
+                    "paused",
+                    ("stopped", "crashed"),
+                    resource_id=vm_id,
+                    message=f"{vm_id} is paused; resume it instead of starting it",
+                )
+            if vm.state != "running":
+                await self._power_on(vm)
+            return self._status(vm)
+
+    async def stop_vm(self, vm_id: str, *, timeout: float, force: bool = False) -> VmStatus:
+        if timeout < 0:
+            raise ValueError("timeout must not be negative")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if vm.state != "stopped":
+                await self._power_off(vm, timeout=timeout, force=force)
+            return self._status(vm)
+
+    async def reboot_vm(self, vm_id: str, *, hard: bool = False) -> VmStatus:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "running")
+            await self._work("reboot", self.timings.reboot, vm_id)
+            vm.guest.boots += 1
+            return self._status(vm)
+
+    async def _power_on(self, vm: SimVm) -> None:
+        """Boot the VM; its memory is reserved from the check on, so boots can't overbook."""
+        self._check_arch(vm.spec)
+        vm_id = vm.spec.id
+        self.hypervisor.check_can_run(vm_id, vm.memory_mib, vm.spec.gpus)
+        vm.booting = True
+        try:
+            await self._work("start", self.timings.start, vm_id)
+        finally:
+            vm.booting = False
+        vm.state, vm.stopped_by = "running", None
+        vm.started_at = self.hypervisor.clock()
+        vm.guest.boots += 1
+
+    async def _power_off(self, vm: SimVm, *, timeout: float, force: bool) -> None:
+        """ACPI first, the plug after ``timeout``; nothing changes if the stop fails."""
+        t, vm_id = self.timings, vm.spec.id
+        how: Literal["clean", "forced"]
+        if vm.state == "crashed" or force:
+            await self._work("stop", t.force_stop, vm_id)
+            how = "forced"
+        elif vm.guest.honours_acpi and t.graceful_stop <= timeout:
+            await self._work("stop", t.graceful_stop, vm_id)
+            how = "clean"
+        else:
+            await self._sleep(timeout)
+            await self._work("stop", t.force_stop, vm_id)
+            how = "forced"
+        if vm.state != "crashed":
+            vm.guest.last_shutdown = how
+        vm.state, vm.stopped_by, vm.started_at = "stopped", "api", None
+        vm.console_password = None
+
+    # -- pause -----------------------------------------------------------------------------
+
+    async def pause_vm(self, vm_id: str) -> VmStatus:
+        self._need("pause")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if vm.state != "paused":
+                self.hypervisor.require_state(vm_id, "running")
+                await self._work("pause", self.timings.pause, vm_id)
+                vm.state = "paused"
+            return self._status(vm)
+
+    async def resume_vm(self, vm_id: str) -> VmStatus:
+        self._need("pause")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if vm.state != "running":
+                self.hypervisor.require_state(vm_id, "paused")
+                await self._work("resume", self.timings.pause, vm_id)
+                vm.state = "running"
+            return self._status(vm)
+
+    # -- resize, reinstall, password, console, delete ----------------------------------------
+
+    async def resize_vm(self, vm_id: str, vcpus: int, memory_mib: int, *, live: bool) -> VmStatus:
+        if vcpus < 1 or memory_mib < 1:
+            raise ValueError("vcpus and memory_mib must be positive")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if (vcpus, memory_mib) == (vm.vcpus, vm.memory_mib):
+                return self._status(vm)
+            if live:
+                self.hypervisor.require_state(vm_id, "running")
+                self._check_live_resize(vm, vcpus, memory_mib)
+                await self._resize_live(vm, vcpus, memory_mib)
+            else:
+                self.hypervisor.require_state(vm_id, "stopped", "crashed")
+                await self._work("resize", self.timings.resize, vm_id)
+                vm.vcpus, vm.memory_mib = vcpus, memory_mib
+            return self._status(vm)
+
+    def _check_live_resize(self, vm: SimVm, vcpus: int, memory_mib: int) -> None:
+        caps = self._capabilities
+        if vcpus < vm.vcpus or memory_mib < vm.memory_mib:
+            raise NotSupported("live downsizing", "a running VM cannot lose vCPUs or memory")
+        if vcpus > vm.vcpus and not caps.live_resize_cpu:
+            raise NotSupported("live_resize_cpu", "this host cannot add vCPUs to a running VM")
+        if memory_mib > vm.memory_mib and not caps.live_resize_memory:
+            raise NotSupported("live_resize_memory", "this host cannot add memory to a running VM")
+
+    async def _resize_live(self, vm: SimVm, vcpus: int, memory_mib: int) -> None:
+        """Hot-add; the new size is reserved during the operation and undone if it fails."""
+        if memory_mib > vm.memory_mib:
+            self.hypervisor.check_can_run(vm.spec.id, memory_mib, vm.spec.gpus)
+        old = vm.vcpus, vm.memory_mib
+        vm.vcpus, vm.memory_mib = vcpus, memory_mib
+        try:
+            await self._work("resize", self.timings.resize, vm.spec.id)
+        except BaseException:
+            vm.vcpus, vm.memory_mib = old
+            raise
+
+    async def reinstall_vm(self, spec: VmSpec) -> VmStatus:
+        async with self.hypervisor.lock(spec.id):
+            vm = self.hypervisor.require_state(spec.id, "stopped", "crashed")
+            self._check_arch(spec)
+            self.hypervisor.check_disk(spec.root_disk_gib, excluding=spec.id)
+            await self._work("reinstall", self.timings.reinstall, spec.id)
+            installs = vm.guest.installs
+            vm.guest = guest_from_spec(spec)
+            vm.guest.installs = installs + 1
+            vm.spec, vm.vcpus, vm.memory_mib = spec, spec.vcpus, spec.memory_mib
+            vm.state, vm.stopped_by = "stopped", "api"
+            vm.generation = spec.generation
+            return self._status(vm)
+
+    async def set_password(self, vm_id: str, user: str, password: str) -> None:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            await self._work("set_password", self.timings.set_password, vm_id)
+            vm.guest.passwords[user] = password
+
+    async def console(self, vm_id: str) -> ConsoleEndpoint:
+        self._need("console")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "running", "paused")
+            await self._work("console", self.timings.console, vm_id)
+            vm.console_password = secrets.token_urlsafe(12)
+            host = self.hypervisor.config.console_host
+            return ConsoleEndpoint(host, vm.console_port, "vnc", vm.console_password)
+
+    async def delete_vm(self, vm_id: str) -> None:
+        async with self.hypervisor.lock(vm_id):
+            if self.hypervisor.find(vm_id) is None:
+                return
+            await self._work("delete", self.timings.delete, vm_id)
+            self.hypervisor.remove(vm_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _work(self, operation: str, seconds: float, vm_id: str) -> None:
+        """The backend doing ``operation``: it takes time, then may fail (by injection)."""
+        await self._sleep(seconds)
+        self.faults.check(operation, vm_id)
+
+    def _status(self, vm: SimVm) -> VmStatus:
+        return self.hypervisor.status(vm, console=self._capabilities.console)
+
+    def _need(self, capability: str) -> None:
+        if not getattr(self._capabilities, capability):
+            raise NotSupported(capability)
+
+    def _check_arch(self, spec: VmSpec) -> None:
+        host = self.hypervisor.config
+        if spec.arch != host.arch:
+            raise NotSupported(
+                f"arch {spec.arch}", f"host {host.hostname} runs {host.arch} guests only"
+            )
