@@ -1,1 +1,21 @@
-"""Storage drivers: sim, local qcow2 and ceph rbd (storage issue)."""
+"""Storage drivers: the interface (``base``), the in-memory ``sim``; local qcow2 and ceph next."""
+
+from altostack.drivers.storage.base import (
+    ImageInfo,
+    PoolInfo,
+    SnapshotInfo,
+    StorageCapabilities,
+    StorageDriver,
+    VolumeInfo,
+    VolumeSpec,
+)
+
+__all__ = [
+    "ImageInfo",
+    "PoolInfo",
+    "SnapshotInfo",
+    "StorageCapabilities",
+    "StorageDriver",
+    "VolumeInfo",
+    "VolumeSpec",
+]
