@@ -1,0 +1,219 @@
+"""The backends the contract suites run against, and the hooks the tests need.
+
+Every test in ``tests/contract`` takes a ``compute``, ``storage`` or ``network`` fixture:
+a *harness* holding the driver under test, its :class:`FaultInjector` and the hooks for
+what no driver call causes (the agent restarting, the guest powering itself off, a
+crash). The fixture is parametrised over the registries below, so each test runs once per
+backend.
+
+Adding a backend (``qemu``, ``local``, ``ceph``, ``linux``) is one line in a registry:
+an async context manager factory that sets the real thing up, yields a harness subclass
+and tears everything down (processes, files, devices) even on failure. A harness whose
+backend cannot do a hook (make a guest ignore ACPI...) calls ``pytest.skip`` in it, or
+``need_real`` from ``tests.support.real`` when the host lacks a component.
+
+``sim-minimal`` is the sim with every optional capability off, so the ``NotSupported``
+branches of the contracts run too.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from altostack.domain.ids import new_id
+from altostack.drivers.compute.base import ComputeCapabilities, ComputeDriver, VmSpec
+from altostack.drivers.compute.sim import SIM_CAPABILITIES, SimComputeDriver, SimHypervisor
+from altostack.drivers.faults import FaultInjector
+from altostack.drivers.network.base import NetworkDriver
+from altostack.drivers.network.sim import SimDataplane, SimNetworkDriver
+from altostack.drivers.storage.base import StorageCapabilities, StorageDriver
+from altostack.drivers.storage.sim import (
+    SIM_STORAGE_CAPABILITIES,
+    SimStorageDriver,
+    SimStoragePool,
+)
+from altostack.drivers.timings import SimTimings
+
+# -- harnesses: what a contract test gets --------------------------------------------------
+
+
+class ComputeHarness(abc.ABC):
+    """A compute driver under test plus hooks into its host and guests."""
+
+    driver: ComputeDriver
+    faults: FaultInjector
+    image_id: str
+    """An image the backend can boot."""
+    other_image_id: str
+    """A second bootable image, for reinstalls."""
+
+    def spec(self, **changes: Any) -> VmSpec:
+        """A small VM spec with a fresh id, changed by ``changes``."""
+        base = VmSpec(
+            id=new_id("vm"),
+            name="contract",
+            generation=1,
+            vcpus=1,
+            memory_mib=128,
+            root_disk_gib=1,
+            image_id=self.image_id,
+            password="Initial-1",
+        )
+        return replace(base, **changes)
+
+    @abc.abstractmethod
+    async def restart(self) -> None:
+        """Replace ``driver`` by a new instance over the same host (an agent restart)."""
+
+    @abc.abstractmethod
+    async def guest_shutdown(self, vm_id: str) -> None:
+        """Make the guest power itself off."""
+
+    @abc.abstractmethod
+    async def crash(self, vm_id: str) -> None:
+        """Make the VM die unexpectedly (QEMU killed, guest panic)."""
+
+    @abc.abstractmethod
+    async def ignore_acpi(self, vm_id: str) -> None:
+        """Make the guest ignore the ACPI power button."""
+
+    @abc.abstractmethod
+    async def guest_boots(self, vm_id: str) -> int:
+        """How many times the guest OS has booted."""
+
+    @abc.abstractmethod
+    async def guest_password(self, vm_id: str, user: str) -> str | None:
+        """The password the guest accepts for ``user`` (after its next boot at the latest)."""
+
+
+class StorageHarness(abc.ABC):
+    driver: StorageDriver
+    faults: FaultInjector
+
+    @abc.abstractmethod
+    async def restart(self) -> None:
+        """Replace ``driver`` by a new instance over the same pool."""
+
+
+class NetworkHarness(abc.ABC):
+    driver: NetworkDriver
+    faults: FaultInjector
+
+    @abc.abstractmethod
+    async def restart(self) -> None:
+        """Replace ``driver`` by a new instance over the same data plane."""
+
+
+# -- sim harnesses -------------------------------------------------------------------------
+
+
+class SimComputeHarness(ComputeHarness):
+    def __init__(self, capabilities: ComputeCapabilities = SIM_CAPABILITIES) -> None:
+        self.hypervisor = SimHypervisor()
+        self.faults = FaultInjector()
+        self.image_id, self.other_image_id = new_id("img"), new_id("img")
+        self._capabilities = capabilities
+        self.driver = self._new_driver()
+
+    def _new_driver(self) -> SimComputeDriver:
+        return SimComputeDriver(
+            self.hypervisor,
+            timings=SimTimings.instant(),
+            faults=self.faults,
+            capabilities=self._capabilities,
+        )
+
+    async def restart(self) -> None:
+        self.driver = self._new_driver()
+
+    async def guest_shutdown(self, vm_id: str) -> None:
+        self.hypervisor.guest_shutdown(vm_id)
+
+    async def crash(self, vm_id: str) -> None:
+        self.hypervisor.crash(vm_id)
+
+    async def ignore_acpi(self, vm_id: str) -> None:
+        self.hypervisor.ignore_acpi(vm_id)
+
+    async def guest_boots(self, vm_id: str) -> int:
+        return self.hypervisor.guest(vm_id).boots
+
+    async def guest_password(self, vm_id: str, user: str) -> str | None:
+        return self.hypervisor.guest(vm_id).passwords.get(user)
+
+
+class SimStorageHarness(StorageHarness):
+    def __init__(self, capabilities: StorageCapabilities = SIM_STORAGE_CAPABILITIES) -> None:
+        self.pool = SimStoragePool()
+        self.faults = FaultInjector()
+        self._capabilities = capabilities
+        self.driver = self._new_driver()
+
+    def _new_driver(self) -> SimStorageDriver:
+        return SimStorageDriver(
+            self.pool,
+            timings=SimTimings.instant(),
+            faults=self.faults,
+            capabilities=self._capabilities,
+        )
+
+    async def restart(self) -> None:
+        self.driver = self._new_driver()
+
+
+class SimNetworkHarness(NetworkHarness):
+    def __init__(self) -> None:
+        self.dataplane = SimDataplane()
+        self.faults = FaultInjector()
+        self.driver = self._new_driver()
+
+    def _new_driver(self) -> SimNetworkDriver:
+        return SimNetworkDriver(self.dataplane, timings=SimTimings.instant(), faults=self.faults)
+
+    async def restart(self) -> None:
+        self.driver = self._new_driver()
+
+
+@asynccontextmanager
+async def _just(harness: Any) -> AsyncIterator[Any]:
+    yield harness
+
+
+# -- the registries: one line per backend --------------------------------------------------
+
+Factory = Callable[[], AbstractAsyncContextManager[Any]]
+
+COMPUTE_BACKENDS: dict[str, Factory] = {
+    "sim": lambda: _just(SimComputeHarness()),
+    "sim-minimal": lambda: _just(SimComputeHarness(ComputeCapabilities())),
+}
+STORAGE_BACKENDS: dict[str, Factory] = {
+    "sim": lambda: _just(SimStorageHarness()),
+}
+NETWORK_BACKENDS: dict[str, Factory] = {
+    "sim": lambda: _just(SimNetworkHarness()),
+}
+
+
+@pytest.fixture(params=list(COMPUTE_BACKENDS))
+async def compute(request: pytest.FixtureRequest) -> AsyncIterator[ComputeHarness]:
+    async with COMPUTE_BACKENDS[request.param]() as harness:
+        yield harness
+
+
+@pytest.fixture(params=list(STORAGE_BACKENDS))
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[StorageHarness]:
+    async with STORAGE_BACKENDS[request.param]() as harness:
+        yield harness
+
+
+@pytest.fixture(params=list(NETWORK_BACKENDS))
+async def network(request: pytest.FixtureRequest) -> AsyncIterator[NetworkHarness]:
+    async with NETWORK_BACKENDS[request.param]() as harness:
+        yield harness

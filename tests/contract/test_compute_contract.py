@@ -1,0 +1,550 @@
+"""The compute driver contract: one test per promise in ``drivers/compute/base.py``.
+
+Runs on every backend in ``COMPUTE_BACKENDS`` (tests/contract/conftest.py). Tests only use
+the interface and the harness hooks, never a backend's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import replace
+
+import pytest
+
+from altostack.drivers.compute.base import DEFAULT_USER, VmSpec
+from altostack.drivers.errors import (
+    BackendFailure,
+    DriverError,
+    InsufficientResources,
+    InvalidState,
+    NotSupported,
+    VmNotFound,
+)
+from tests.contract.conftest import ComputeHarness
+
+
+async def _running(compute: ComputeHarness, **changes: object) -> VmSpec:
+    spec = compute.spec(**changes)
+    status = await compute.driver.ensure_vm(spec)
+    assert status.state == "running"
+    return spec
+
+
+async def _stopped(compute: ComputeHarness, **changes: object) -> VmSpec:
+    spec = compute.spec(power_state="stopped", **changes)
+    status = await compute.driver.ensure_vm(spec)
+    assert status.state == "stopped"
+    return spec
+
+
+async def _ids(compute: ComputeHarness) -> list[str]:
+    return [vm.id for vm in await compute.driver.list_vms()]
+
+
+def _assert_invalid_state(exc: pytest.ExceptionInfo[InvalidState], current: str) -> None:
+    assert exc.value.current_state == current
+    assert current in str(exc.value)
+
+
+# -- host ----------------------------------------------------------------------------------
+
+
+async def test_host_info_reports_capacity(compute: ComputeHarness) -> None:
+    host = await compute.driver.host_info()
+    assert host.cores > 0 and host.memory_mib > 0 and host.disk_gib > 0
+    assert host.arch in ("x86_64", "aarch64")
+    assert host.accel in ("kvm", "tcg", "sim")
+    assert all(gpu.pci_address for gpu in host.gpus)
+
+
+# -- ensure ----------------------------------------------------------------------------------
+
+
+async def test_ensure_creates_a_running_vm(compute: ComputeHarness) -> None:
+    spec = compute.spec(vcpus=2, memory_mib=256, generation=3)
+    status = await compute.driver.ensure_vm(spec)
+    assert status.id == spec.id
+    assert (status.state, status.generation) == ("running", 3)
+    assert (status.vcpus, status.memory_mib) == (2, 256)
+    assert status.started_at is not None and status.stopped_by is None
+    assert status.image_id == spec.image_id
+    assert (status.console is not None) == compute.driver.capabilities.console
+    assert status.console is None or status.console.password is None  # no secrets in status
+    assert await compute.driver.get_vm(spec.id) == status
+    assert await compute.guest_boots(spec.id) == 1
+
+
+async def test_ensure_creates_a_stopped_vm(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute)
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None
+    assert (status.stopped_by, status.started_at, status.console) == ("api", None, None)
+    assert await compute.guest_boots(spec.id) == 0
+
+
+async def test_ensure_is_idempotent(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    first = await compute.driver.get_vm(spec.id)
+    again = await compute.driver.ensure_vm(spec)
+    assert again == first  # not restarted: same started_at
+    assert await _ids(compute) == [spec.id]
+    assert await compute.guest_boots(spec.id) == 1
+
+
+async def test_concurrent_ensures_never_duplicate(compute: ComputeHarness) -> None:
+    spec = compute.spec()
+    results = await asyncio.gather(*(compute.driver.ensure_vm(spec) for _ in range(5)))
+    assert {r.state for r in results} == {"running"}
+    assert await _ids(compute) == [spec.id]
+    assert await compute.guest_boots(spec.id) == 1
+
+
+async def test_ensure_converges_the_power_state(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    stopped = await compute.driver.ensure_vm(replace(spec, power_state="stopped", generation=2))
+    assert (stopped.state, stopped.stopped_by, stopped.generation) == ("stopped", "api", 2)
+    running = await compute.driver.ensure_vm(replace(spec, generation=3))
+    assert (running.state, running.generation) == ("running", 3)
+
+
+async def test_ensure_with_a_stale_generation_changes_nothing(compute: ComputeHarness) -> None:
+    spec = await _running(compute, generation=5)
+    status = await compute.driver.ensure_vm(replace(spec, power_state="stopped", generation=4))
+    assert (status.state, status.generation) == ("running", 5)
+
+
+async def test_ensure_starts_a_guest_stopped_vm_whose_spec_says_running(
+    compute: ComputeHarness,
+) -> None:
+    spec = await _running(compute)
+    await compute.guest_shutdown(spec.id)
+    seen = await compute.driver.get_vm(spec.id)
+    assert seen is not None and (seen.state, seen.stopped_by) == ("stopped", "guest")
+    assert (await compute.driver.ensure_vm(spec)).state == "running"
+
+
+async def test_ensure_restarts_a_crashed_vm(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    await compute.crash(spec.id)
+    seen = await compute.driver.get_vm(spec.id)
+    assert seen is not None and (seen.state, seen.stopped_by, seen.console) == (
+        "crashed",
+        None,
+        None,
+    )
+    assert (await compute.driver.ensure_vm(spec)).state == "running"
+
+
+async def test_ensure_resizes_a_stopped_vm(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute)
+    bigger = replace(spec, vcpus=2, memory_mib=256, generation=2)
+    status = await compute.driver.ensure_vm(bigger)
+    assert (status.vcpus, status.memory_mib, status.generation) == (2, 256, 2)
+    smaller = replace(spec, vcpus=1, memory_mib=128, generation=3, power_state="running")
+    status = await compute.driver.ensure_vm(smaller)
+    assert (status.state, status.vcpus, status.memory_mib) == ("running", 1, 128)
+
+
+async def test_ensure_on_a_running_vm_grows_live_or_asks_for_a_stop(
+    compute: ComputeHarness,
+) -> None:
+    spec = await _running(compute)
+    grown = replace(spec, vcpus=2, generation=2)
+    if compute.driver.capabilities.live_resize_cpu:
+        status = await compute.driver.ensure_vm(grown)
+        assert (status.state, status.vcpus, status.generation) == ("running", 2, 2)
+    else:
+        with pytest.raises(InvalidState) as exc:
+            await compute.driver.ensure_vm(grown)
+        _assert_invalid_state(exc, "running")
+        unchanged = await compute.driver.get_vm(spec.id)
+        assert unchanged is not None and (unchanged.vcpus, unchanged.generation) == (1, 1)
+
+
+async def test_ensure_never_shrinks_a_running_vm(compute: ComputeHarness) -> None:
+    spec = await _running(compute, memory_mib=256)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.ensure_vm(replace(spec, memory_mib=128, generation=2))
+    _assert_invalid_state(exc, "running")
+    # The documented way out: ask for a stop in the same spec.
+    status = await compute.driver.ensure_vm(
+        replace(spec, memory_mib=128, generation=2, power_state="stopped")
+    )
+    assert (status.state, status.memory_mib) == ("stopped", 128)
+
+
+async def test_ensure_refuses_more_memory_than_the_host_has(compute: ComputeHarness) -> None:
+    host = await compute.driver.host_info()
+    spec = compute.spec(memory_mib=host.memory_mib + 1024)
+    with pytest.raises(InsufficientResources):
+        await compute.driver.ensure_vm(spec)
+    assert await compute.driver.get_vm(spec.id) is None
+
+
+async def test_start_refuses_when_the_host_memory_is_taken(compute: ComputeHarness) -> None:
+    host = await compute.driver.host_info()
+    half = host.memory_mib // 2 + 1024
+    await _running(compute, memory_mib=half)
+    second = await _stopped(compute, memory_mib=half)  # a stopped VM holds no memory
+    with pytest.raises(InsufficientResources):
+        await compute.driver.start_vm(second.id)
+    status = await compute.driver.get_vm(second.id)
+    assert status is not None and status.state == "stopped"
+
+
+async def test_a_failed_create_cleans_up_after_itself(compute: ComputeHarness) -> None:
+    spec = compute.spec()
+    compute.faults.inject("create", resource_id=spec.id)
+    with pytest.raises(BackendFailure, match="injected"):
+        await compute.driver.ensure_vm(spec)
+    assert await compute.driver.get_vm(spec.id) is None
+    assert await _ids(compute) == []
+    assert (await compute.driver.ensure_vm(spec)).state == "running"  # a retry just works
+
+
+async def test_a_failed_first_boot_leaves_no_vm(compute: ComputeHarness) -> None:
+    spec = compute.spec()
+    compute.faults.inject("start")
+    with pytest.raises(BackendFailure):
+        await compute.driver.ensure_vm(spec)
+    assert await _ids(compute) == []
+
+
+async def test_a_cancelled_create_leaves_no_vm(compute: ComputeHarness) -> None:
+    spec = compute.spec()
+    task = asyncio.ensure_future(compute.driver.ensure_vm(spec))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _ids(compute) == []
+    assert (await compute.driver.ensure_vm(spec)).state == "running"
+
+
+async def test_injected_errors_surface_with_their_type_and_message(
+    compute: ComputeHarness,
+) -> None:
+    spec = await _stopped(compute)
+    error = InsufficientResources("injected: no hugepages left")
+    compute.faults.inject("start", resource_id=spec.id, error=error)
+    with pytest.raises(InsufficientResources, match="no hugepages left"):
+        await compute.driver.start_vm(spec.id)
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None and status.state == "stopped"  # a failed call changes nothing
+
+
+# -- observing ------------------------------------------------------------------------------
+
+
+async def test_get_vm_of_a_missing_vm_is_none(compute: ComputeHarness) -> None:
+    assert await compute.driver.get_vm("vm-missing") is None
+
+
+async def test_list_vms_reports_vms_the_caller_did_not_create(compute: ComputeHarness) -> None:
+    """Orphans: made by an earlier agent (or by hand) are listed with their real state."""
+    running = await _running(compute)
+    stopped = await _stopped(compute)
+    await compute.restart()
+    listed = {vm.id: vm.state for vm in await compute.driver.list_vms()}
+    assert listed == {running.id: "running", stopped.id: "stopped"}
+
+
+async def test_an_agent_restart_readopts_running_vms(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    before = await compute.driver.get_vm(spec.id)
+    await compute.restart()
+    after = await compute.driver.get_vm(spec.id)
+    assert after == before  # still running, same boot
+    assert await compute.driver.ensure_vm(spec) == before
+    await compute.driver.stop_vm(spec.id, timeout=5)  # and it is fully manageable
+    assert await compute.guest_boots(spec.id) == 1
+
+
+# -- start / stop / reboot -------------------------------------------------------------------
+
+
+async def test_start_of_a_running_vm_is_a_no_op(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    before = await compute.driver.get_vm(spec.id)
+    assert await compute.driver.start_vm(spec.id) == before
+    assert await compute.guest_boots(spec.id) == 1
+
+
+async def test_start_boots_a_stopped_vm(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute)
+    status = await compute.driver.start_vm(spec.id)
+    assert (status.state, status.stopped_by) == ("running", None)
+    assert status.started_at is not None
+
+
+async def test_stop_is_graceful_and_marks_the_api(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    status = await compute.driver.stop_vm(spec.id, timeout=5)
+    assert (status.state, status.stopped_by, status.started_at) == ("stopped", "api", None)
+    assert await compute.driver.stop_vm(spec.id, timeout=5) == status  # no-op when stopped
+
+
+async def test_forced_stop(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    status = await compute.driver.stop_vm(spec.id, timeout=60, force=True)
+    assert status.state == "stopped"
+
+
+async def test_stop_pulls_the_plug_when_the_guest_ignores_acpi(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    await compute.ignore_acpi(spec.id)
+    status = await asyncio.wait_for(compute.driver.stop_vm(spec.id, timeout=0.05), 10)
+    assert (status.state, status.stopped_by) == ("stopped", "api")
+
+
+async def test_stop_cleans_up_a_crashed_vm(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    await compute.crash(spec.id)
+    status = await compute.driver.stop_vm(spec.id, timeout=5)
+    assert (status.state, status.stopped_by) == ("stopped", "api")
+
+
+async def test_a_guest_shutdown_is_told_apart_from_a_crash(compute: ComputeHarness) -> None:
+    a, b = await _running(compute), await _running(compute)
+    await compute.guest_shutdown(a.id)
+    await compute.crash(b.id)
+    status_a, status_b = await compute.driver.get_vm(a.id), await compute.driver.get_vm(b.id)
+    assert status_a is not None and (status_a.state, status_a.stopped_by) == ("stopped", "guest")
+    assert status_b is not None and (status_b.state, status_b.stopped_by) == ("crashed", None)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+async def test_reboot_keeps_the_vm_running(compute: ComputeHarness, hard: bool) -> None:
+    spec = await _running(compute)
+    before = await compute.driver.get_vm(spec.id)
+    status = await compute.driver.reboot_vm(spec.id, hard=hard)
+    assert before is not None and status.state == "running"
+    assert status.started_at == before.started_at
+    assert await compute.guest_boots(spec.id) == 2
+
+
+async def test_reboot_of_a_stopped_vm_names_its_state(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.reboot_vm(spec.id)
+    _assert_invalid_state(exc, "stopped")
+
+
+# -- resize ----------------------------------------------------------------------------------
+
+
+async def test_offline_resize_of_a_stopped_vm(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute, vcpus=2, memory_mib=512)
+    status = await compute.driver.resize_vm(spec.id, 1, 256, live=False)
+    assert (status.vcpus, status.memory_mib, status.state) == (1, 256, "stopped")
+    status = await compute.driver.start_vm(spec.id)
+    assert (status.vcpus, status.memory_mib) == (1, 256)
+
+
+async def test_offline_resize_of_a_running_vm_needs_a_stop(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.resize_vm(spec.id, 2, 256, live=False)
+    _assert_invalid_state(exc, "running")
+
+
+async def test_live_resize_follows_the_capabilities(compute: ComputeHarness) -> None:
+    caps = compute.driver.capabilities
+    spec = await _running(compute)
+    if caps.live_resize_cpu:
+        assert (await compute.driver.resize_vm(spec.id, 2, 128, live=True)).vcpus == 2
+    else:
+        with pytest.raises(NotSupported) as exc:
+            await compute.driver.resize_vm(spec.id, 2, 128, live=True)
+        assert exc.value.feature == "live_resize_cpu"
+    vcpus = 2 if caps.live_resize_cpu else 1
+    if caps.live_resize_memory:
+        status = await compute.driver.resize_vm(spec.id, vcpus, 256, live=True)
+        assert (status.memory_mib, status.state) == (256, "running")
+    else:
+        with pytest.raises(NotSupported) as exc:
+            await compute.driver.resize_vm(spec.id, vcpus, 256, live=True)
+        assert exc.value.feature == "live_resize_memory"
+
+
+async def test_live_downsizing_is_not_supported(compute: ComputeHarness) -> None:
+    spec = await _running(compute, vcpus=2)
+    with pytest.raises(NotSupported):
+        await compute.driver.resize_vm(spec.id, 1, spec.memory_mib, live=True)
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None and status.vcpus == 2
+
+
+async def test_live_resize_needs_a_running_vm(compute: ComputeHarness) -> None:
+    spec = await _stopped(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.resize_vm(spec.id, 2, 256, live=True)
+    _assert_invalid_state(exc, "stopped")
+
+
+async def test_a_resize_to_the_current_size_is_a_no_op(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    before = await compute.driver.get_vm(spec.id)
+    for live in (True, False):
+        assert await compute.driver.resize_vm(spec.id, 1, 128, live=live) == before
+
+
+async def test_live_growth_beyond_host_memory_is_refused(compute: ComputeHarness) -> None:
+    if not compute.driver.capabilities.live_resize_memory:
+        pytest.skip("backend cannot add memory live")
+    host = await compute.driver.host_info()
+    spec = await _running(compute)
+    with pytest.raises(InsufficientResources):
+        await compute.driver.resize_vm(spec.id, 1, host.memory_mib + 1024, live=True)
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None and status.memory_mib == 128
+
+
+# -- reinstall, password, pause, console ------------------------------------------------------
+
+
+async def test_reinstall_gives_a_new_root_disk_and_ends_stopped(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    await compute.driver.stop_vm(spec.id, timeout=5)
+    new = replace(spec, image_id=compute.other_image_id, password="Fresh-2", generation=2)
+    status = await compute.driver.reinstall_vm(new)
+    assert (status.state, status.image_id, status.generation) == (
+        "stopped",
+        compute.other_image_id,
+        2,
+    )
+    await compute.driver.start_vm(spec.id)
+    assert await compute.guest_password(spec.id, DEFAULT_USER) == "Fresh-2"
+
+
+async def test_reinstall_of_a_running_vm_names_its_state(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.reinstall_vm(spec)
+    _assert_invalid_state(exc, "running")
+
+
+@pytest.mark.parametrize("power_state", ["running", "stopped"])
+async def test_set_password_reaches_the_guest(compute: ComputeHarness, power_state: str) -> None:
+    spec = compute.spec(power_state=power_state)
+    await compute.driver.ensure_vm(spec)
+    await compute.driver.set_password(spec.id, DEFAULT_USER, "Changed-3")
+    await compute.driver.set_password(spec.id, DEFAULT_USER, "Changed-4")  # latest wins
+    if power_state == "stopped":
+        await compute.driver.start_vm(spec.id)
+    assert await compute.guest_password(spec.id, DEFAULT_USER) == "Changed-4"
+
+
+async def test_pause_and_resume_follow_the_capability(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    if not compute.driver.capabilities.pause:
+        with pytest.raises(NotSupported):
+            await compute.driver.pause_vm(spec.id)
+        with pytest.raises(NotSupported):
+            await compute.driver.resume_vm(spec.id)
+        return
+    paused = await compute.driver.pause_vm(spec.id)
+    assert paused.state == "paused"
+    assert await compute.driver.pause_vm(spec.id) == paused  # no-op
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.start_vm(spec.id)
+    _assert_invalid_state(exc, "paused")
+    resumed = await compute.driver.resume_vm(spec.id)
+    assert resumed.state == "running" and resumed.started_at == paused.started_at
+    assert await compute.driver.resume_vm(spec.id) == resumed  # no-op
+
+
+async def test_pause_of_a_stopped_vm_names_its_state(compute: ComputeHarness) -> None:
+    if not compute.driver.capabilities.pause:
+        pytest.skip("backend cannot pause")
+    spec = await _stopped(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.pause_vm(spec.id)
+    _assert_invalid_state(exc, "stopped")
+
+
+async def test_stop_of_a_paused_vm(compute: ComputeHarness) -> None:
+    if not compute.driver.capabilities.pause:
+        pytest.skip("backend cannot pause")
+    spec = await _running(compute)
+    await compute.driver.pause_vm(spec.id)
+    status = await compute.driver.stop_vm(spec.id, timeout=5)
+    assert (status.state, status.stopped_by) == ("stopped", "api")
+
+
+async def test_console_follows_the_capability(compute: ComputeHarness) -> None:
+    spec = await _running(compute)
+    if not compute.driver.capabilities.console:
+        with pytest.raises(NotSupported):
+            await compute.driver.console(spec.id)
+        return
+    first = await compute.driver.console(spec.id)
+    second = await compute.driver.console(spec.id)
+    assert first.port > 0 and first.protocol == "vnc"
+    assert first.password and second.password and first.password != second.password
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None and status.console is not None
+    assert (status.console.host, status.console.port) == (first.host, first.port)
+
+
+async def test_console_of_a_stopped_vm_names_its_state(compute: ComputeHarness) -> None:
+    if not compute.driver.capabilities.console:
+        pytest.skip("backend has no console")
+    spec = await _stopped(compute)
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.console(spec.id)
+    _assert_invalid_state(exc, "stopped")
+
+
+# -- delete ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("power_state", ["running", "stopped"])
+async def test_delete_removes_the_vm(compute: ComputeHarness, power_state: str) -> None:
+    spec = compute.spec(power_state=power_state)
+    await compute.driver.ensure_vm(spec)
+    await compute.driver.delete_vm(spec.id)
+    assert await compute.driver.get_vm(spec.id) is None
+    assert await _ids(compute) == []
+
+
+async def test_delete_of_a_missing_vm_succeeds(compute: ComputeHarness) -> None:
+    await compute.driver.delete_vm("vm-missing")
+    spec = await _running(compute)
+    await compute.driver.delete_vm(spec.id)
+    await compute.driver.delete_vm(spec.id)
+
+
+async def test_delete_frees_the_memory(compute: ComputeHarness) -> None:
+    host = await compute.driver.host_info()
+    big = host.memory_mib // 2 + 1024
+    first = await _running(compute, memory_mib=big)
+    await compute.driver.delete_vm(first.id)
+    await _running(compute, memory_mib=big)
+
+
+# -- missing VMs -----------------------------------------------------------------------------
+
+
+async def test_every_operation_on_a_missing_vm_raises_vm_not_found(
+    compute: ComputeHarness,
+) -> None:
+    d, missing = compute.driver, "vm-missing"
+    calls: list[Awaitable[object]] = [
+        d.start_vm(missing),
+        d.stop_vm(missing, timeout=1),
+        d.reboot_vm(missing),
+        d.resize_vm(missing, 2, 256, live=False),
+        d.reinstall_vm(compute.spec(id=missing)),
+        d.set_password(missing, DEFAULT_USER, "x-Password-1"),
+    ]
+    if d.capabilities.pause:
+        calls += [d.pause_vm(missing), d.resume_vm(missing)]
+    if d.capabilities.console:
+        calls.append(d.console(missing))
+    for call in calls:
+        with pytest.raises(VmNotFound) as exc:
+            await call
+        assert exc.value.resource_id == missing
+        assert isinstance(exc.value, DriverError)

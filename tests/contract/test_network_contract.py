@@ -1,0 +1,158 @@
+"""The network driver contract: one test per promise in ``drivers/network/base.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from altostack.domain.ids import new_id
+from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
+from altostack.drivers.network.base import NetworkSpec, PortSpec
+from tests.contract.conftest import NetworkHarness
+
+_vni = iter(range(5000, 6000))
+
+
+def _net(**changes: object) -> NetworkSpec:
+    spec = NetworkSpec(new_id("subnet"), next(_vni), "10.20.0.0/24", "10.20.0.1")
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def _port(network_id: str, host: int, **changes: object) -> PortSpec:
+    spec = PortSpec(
+        new_id("nic"), network_id, f"02:00:00:00:00:{host:02x}", f"10.20.0.{host}", ("sg-a",)
+    )
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+async def test_ensure_network_is_idempotent(network: NetworkHarness) -> None:
+    spec = _net()
+    first = await network.driver.ensure_network(spec)
+    assert (first.id, first.vni, first.cidr, first.mtu) == (spec.id, spec.vni, spec.cidr, 1450)
+    assert await network.driver.ensure_network(spec) == first
+    await asyncio.gather(*(network.driver.ensure_network(spec) for _ in range(3)))
+    assert await network.driver.list_networks() == [first]
+
+
+async def test_ensure_network_converges_the_mtu(network: NetworkHarness) -> None:
+    spec = _net()
+    await network.driver.ensure_network(spec)
+    assert (await network.driver.ensure_network(replace(spec, mtu=1400))).mtu == 1400
+    assert [n.mtu for n in await network.driver.list_networks()] == [1400]
+
+
+async def test_vni_and_cidr_are_fixed_and_unique(network: NetworkHarness) -> None:
+    spec = _net()
+    await network.driver.ensure_network(spec)
+    with pytest.raises(InvalidSpec):
+        await network.driver.ensure_network(replace(spec, vni=spec.vni + 500))
+    with pytest.raises(InvalidSpec):
+        await network.driver.ensure_network(
+            replace(spec, cidr="10.30.0.0/24", gateway_ip="10.30.0.1")
+        )
+    with pytest.raises(InvalidSpec):
+        await network.driver.ensure_network(_net(vni=spec.vni))
+    assert [n.id for n in await network.driver.list_networks()] == [spec.id]
+
+
+async def test_delete_network_and_missing_deletes_succeed(network: NetworkHarness) -> None:
+    spec = _net()
+    await network.driver.ensure_network(spec)
+    await network.driver.delete_network(spec.id)
+    await network.driver.delete_network(spec.id)
+    await network.driver.delete_network("subnet-missing")
+    assert await network.driver.list_networks() == []
+
+
+async def test_a_network_with_ports_cannot_be_deleted(network: NetworkHarness) -> None:
+    net = _net()
+    await network.driver.ensure_network(net)
+    port = _port(net.id, 10)
+    await network.driver.ensure_port(port)
+    with pytest.raises(InvalidState) as exc:
+        await network.driver.delete_network(net.id)
+    assert port.id in str(exc.value)
+    await network.driver.delete_port(port.id)
+    await network.driver.delete_network(net.id)
+
+
+async def test_ensure_port_is_idempotent_and_converges_groups(network: NetworkHarness) -> None:
+    net = _net()
+    await network.driver.ensure_network(net)
+    spec = _port(net.id, 10)
+    first = await network.driver.ensure_port(spec)
+    assert (first.network_id, first.mac, first.ip) == (net.id, spec.mac, spec.ip)
+    assert first.device
+    assert await network.driver.ensure_port(spec) == first
+    changed = await network.driver.ensure_port(replace(spec, security_group_ids=("sg-b",)))
+    assert changed.security_group_ids == ("sg-b",)
+    assert await network.driver.list_ports() == [changed]
+
+
+async def test_ports_need_their_network(network: NetworkHarness) -> None:
+    with pytest.raises(NetworkNotFound):
+        await network.driver.ensure_port(_port("subnet-missing", 10))
+    assert await network.driver.list_ports() == []
+
+
+async def test_port_addresses_are_checked(network: NetworkHarness) -> None:
+    net = _net()
+    await network.driver.ensure_network(net)
+    taken = _port(net.id, 10)
+    await network.driver.ensure_port(taken)
+    bad = [
+        _port(net.id, 11, ip="10.99.0.11"),  # outside the CIDR
+        _port(net.id, 12, ip=taken.ip),  # IP in use
+        _port(net.id, 13, mac=taken.mac),  # MAC in use
+        replace(taken, ip="10.20.0.99"),  # an existing port cannot change its IP
+    ]
+    for spec in bad:
+        with pytest.raises(InvalidSpec):
+            await network.driver.ensure_port(spec)
+    assert await network.driver.list_ports() == [await network.driver.ensure_port(taken)]
+
+
+async def test_list_ports_by_network(network: NetworkHarness) -> None:
+    a, b = _net(), _net(cidr="10.21.0.0/24", gateway_ip="10.21.0.1")
+    await network.driver.ensure_network(a)
+    await network.driver.ensure_network(b)
+    pa = await network.driver.ensure_port(_port(a.id, 10))
+    pb = await network.driver.ensure_port(_port(b.id, 10, ip="10.21.0.10"))
+    assert await network.driver.list_ports(a.id) == [pa]
+    assert await network.driver.list_ports(b.id) == [pb]
+
+
+async def test_delete_port_and_missing_deletes_succeed(network: NetworkHarness) -> None:
+    net = _net()
+    await network.driver.ensure_network(net)
+    port = _port(net.id, 10)
+    await network.driver.ensure_port(port)
+    await network.driver.delete_port(port.id)
+    await network.driver.delete_port(port.id)
+    await network.driver.delete_port("nic-missing")
+    assert await network.driver.list_ports() == []
+
+
+async def test_an_agent_restart_keeps_the_data_plane(network: NetworkHarness) -> None:
+    net = _net()
+    info = await network.driver.ensure_network(net)
+    port = await network.driver.ensure_port(_port(net.id, 10))
+    await network.restart()
+    assert await network.driver.list_networks() == [info]
+    assert await network.driver.list_ports() == [port]
+
+
+async def test_a_failed_ensure_leaves_nothing(network: NetworkHarness) -> None:
+    net = _net()
+    network.faults.inject("ensure_network", resource_id=net.id)
+    with pytest.raises(BackendFailure, match="injected"):
+        await network.driver.ensure_network(net)
+    assert await network.driver.list_networks() == []
+    await network.driver.ensure_network(net)
+    port = _port(net.id, 10)
+    network.faults.inject("ensure_port")
+    with pytest.raises(BackendFailure):
+        await network.driver.ensure_port(port)
+    assert await network.driver.list_ports() == []
