@@ -24,8 +24,13 @@ from altostack.drivers.storage.blocks import BlockStore
 
 @dataclass(frozen=True)
 class SimStorageConfig:
-    capacity_gib: int = 2048
+    capacity_gib: float = 2048
+    """Thin pool capacity (fractions allowed, so a test can fill a pool quickly)."""
     block_size: int = 64 * 1024
+
+    @property
+    def capacity_bytes(self) -> int:
+        return int(self.capacity_gib * GIB)
 
     def __post_init__(self) -> None:
         if self.block_size < 512 or GIB % self.block_size:
@@ -105,11 +110,11 @@ class SimStoragePool:
 
     def reserve_blocks(self, count: int) -> None:
         """Account ``count`` new blocks, or refuse when the pool would overflow."""
-        capacity = self.config.capacity_gib * GIB // self.config.block_size
+        capacity = self.config.capacity_bytes // self.config.block_size
         if self.allocated_blocks + count > capacity:
             raise InsufficientResources(
                 f"storage pool full: {self.allocated_blocks * self.config.block_size} of "
-                f"{self.config.capacity_gib * GIB} bytes allocated"
+                f"{self.config.capacity_bytes} bytes allocated"
             )
         self.allocated_blocks += count
 
@@ -122,7 +127,7 @@ class SimStoragePool:
 
     def pool_info(self) -> PoolInfo:
         return PoolInfo(
-            capacity_bytes=self.config.capacity_gib * GIB,
+            capacity_bytes=self.config.capacity_bytes,
             allocated_bytes=self.allocated_blocks * self.config.block_size,
             provisioned_bytes=sum(v.size_gib for v in self.volumes.values()) * GIB,
         )
