@@ -193,32 +193,46 @@ async def test_start_refuses_when_the_host_memory_is_taken(compute: ComputeHarne
     assert status is not None and status.state == "stopped"
 
 
+async def _big(compute: ComputeHarness) -> VmSpec:
+    """A spec whose VM takes over half the host's memory: two cannot run at once."""
+    host = await compute.driver.host_info()
+    return compute.spec(memory_mib=host.memory_mib // 2 + 1024)
+
+
+async def _assert_nothing_left(compute: ComputeHarness, failed: VmSpec) -> None:
+    """No VM listed, and its resources free: another big VM fits."""
+    assert await compute.driver.get_vm(failed.id) is None
+    assert await _ids(compute) == []
+    other = await _big(compute)
+    assert (await compute.driver.ensure_vm(other)).state == "running"
+    await compute.driver.delete_vm(other.id)
+
+
 async def test_a_failed_create_cleans_up_after_itself(compute: ComputeHarness) -> None:
-    spec = compute.spec()
+    spec = await _big(compute)
     compute.faults.inject("create", resource_id=spec.id)
     with pytest.raises(BackendFailure, match="injected"):
         await compute.driver.ensure_vm(spec)
-    assert await compute.driver.get_vm(spec.id) is None
-    assert await _ids(compute) == []
+    await _assert_nothing_left(compute, spec)
     assert (await compute.driver.ensure_vm(spec)).state == "running"  # a retry just works
 
 
 async def test_a_failed_first_boot_leaves_no_vm(compute: ComputeHarness) -> None:
-    spec = compute.spec()
-    compute.faults.inject("start")
+    spec = await _big(compute)
+    compute.faults.inject("start", resource_id=spec.id)
     with pytest.raises(BackendFailure):
         await compute.driver.ensure_vm(spec)
-    assert await _ids(compute) == []
+    await _assert_nothing_left(compute, spec)
 
 
 async def test_a_cancelled_create_leaves_no_vm(compute: ComputeHarness) -> None:
-    spec = compute.spec()
+    spec = await _big(compute)
     task = asyncio.ensure_future(compute.driver.ensure_vm(spec))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _ids(compute) == []
+    await _assert_nothing_left(compute, spec)
     assert (await compute.driver.ensure_vm(spec)).state == "running"
 
 
