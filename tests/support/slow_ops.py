@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
@@ -237,3 +238,12 @@ def plain_tracebacks() -> Iterator[None]:
         yield
     finally:
         structlog.configure(**saved)
+
+
+def plugin_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """The test settings with this plugin loaded and no simulated hosts (the platform-core
+    tests need no hypervisor, and seeding one costs time on every start)."""
+    from tests.conftest import make_settings
+
+    values: dict[str, Any] = {"plugins": [PLUGIN], "sim_hosts": 0, **overrides}
+    return make_settings(db_url, tmp_path, **values)

@@ -9,15 +9,14 @@ import httpx
 import pytest
 
 from altostack.settings import Settings
-from tests.conftest import make_settings
-from tests.support.slow_ops import PLUGIN, plain_tracebacks
+from tests.support.slow_ops import plain_tracebacks, plugin_settings
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "errors"}
 
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return make_settings(db_url, tmp_path, plugins=[PLUGIN])
+    return plugin_settings(db_url, tmp_path)
 
 
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

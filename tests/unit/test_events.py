@@ -11,13 +11,13 @@ import httpx
 import pytest
 
 from altostack.settings import Settings
-from tests.conftest import ADMIN_PASSWORD, login, make_settings
-from tests.support.slow_ops import KIND, PLUGIN, start_steps, wait_op
+from tests.conftest import ADMIN_PASSWORD, login
+from tests.support.slow_ops import KIND, plugin_settings, start_steps, wait_op
 
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return make_settings(db_url, tmp_path, plugins=[PLUGIN])
+    return plugin_settings(db_url, tmp_path)
 
 
 async def events(

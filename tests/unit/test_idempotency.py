@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from altostack.db.types import utcnow
+from altostack.services import idempotency
 from altostack.services.idempotency import MAX_KEY_LENGTH, check_key, request_fingerprint
 from altostack.settings import Settings
-from tests.conftest import make_settings
-from tests.support.slow_ops import KIND, PLUGIN, serve
+from tests.support.slow_ops import KIND, plugin_settings, serve
 
 BODY = {"steps": 1, "step_seconds": 0}
 
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return make_settings(db_url, tmp_path, plugins=[PLUGIN])
+    return plugin_settings(db_url, tmp_path)
 
 
 async def post(
@@ -126,13 +128,16 @@ async def test_a_failed_request_does_not_use_up_its_key(
     assert "idempotent-replayed" not in good.headers
 
 
-async def test_an_expired_key_executes_again(db_url: str, tmp_path: Path):
-    settings = make_settings(db_url, tmp_path, plugins=[PLUGIN], idempotency_ttl_seconds=1)
+async def test_an_expired_key_executes_again(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    settings = plugin_settings(db_url, tmp_path, idempotency_ttl_seconds=5)
     async with serve(settings) as (_c, client, admin):
         first = await post(client, admin, "short-lived")
         assert first.status_code == 202
         assert (await post(client, admin, "short-lived")).headers["idempotent-replayed"] == "true"
-        await asyncio.sleep(1.1)
+        # Jump the service's clock past the TTL instead of sleeping through it.
+        monkeypatch.setattr(idempotency, "utcnow", lambda: utcnow() + timedelta(seconds=6))
         later = await post(client, admin, "short-lived")
         assert later.status_code == 202
         assert "idempotent-replayed" not in later.headers

@@ -18,13 +18,13 @@ from altostack.controllers.worker import OperationWorker
 from altostack.db.models import Operation
 from altostack.domain.ids import new_id
 from altostack.settings import Settings
-from tests.conftest import login, make_settings
+from tests.conftest import login
 from tests.support.slow_ops import (
     EXECUTIONS,
     KIND,
-    PLUGIN,
     get_op,
     plain_tracebacks,
+    plugin_settings,
     serve,
     start_steps,
     wait_op,
@@ -34,7 +34,7 @@ from tests.support.slow_ops import (
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return make_settings(db_url, tmp_path, plugins=[PLUGIN])
+    return plugin_settings(db_url, tmp_path)
 
 
 async def add_tenant(
@@ -195,9 +195,7 @@ async def test_unexpected_handler_error_is_retried(
 async def test_max_attempts_fails_with_the_last_reason(
     db_url: str, tmp_path: Path, max_attempts: int
 ):
-    settings = make_settings(
-        db_url, tmp_path, plugins=[PLUGIN], operation_max_attempts=max_attempts
-    )
+    settings = plugin_settings(db_url, tmp_path, operation_max_attempts=max_attempts)
     async with serve(settings) as (_c, client, admin):
         op = await start_steps(
             client, admin, steps=2, step_seconds=0, fail_at=0, fail_mode="temporary",
@@ -257,8 +255,8 @@ async def test_crashed_worker_is_taken_over_after_the_lease(
 
 
 async def test_lease_takeover_counts_towards_max_attempts(db_url: str, tmp_path: Path):
-    settings = make_settings(
-        db_url, tmp_path, plugins=[PLUGIN], operation_max_attempts=1, operation_lease_seconds=1
+    settings = plugin_settings(
+        db_url, tmp_path, operation_max_attempts=1, operation_lease_seconds=1
     )
     async with serve(settings) as (c, client, admin):
         op = await start_steps(client, admin, steps=10, step_seconds=0.1)
@@ -357,7 +355,7 @@ async def test_unknown_kind_is_left_for_a_worker_that_knows_it(
 async def test_notification_during_a_poll_is_not_lost(db_url: str, tmp_path: Path):
     """An operation announced while the worker is finishing a poll must start at once,
     not after the next poll interval (30 s here)."""
-    settings = make_settings(db_url, tmp_path, plugins=[PLUGIN], worker_poll_seconds=30)
+    settings = plugin_settings(db_url, tmp_path, worker_poll_seconds=30)
     async with serve(settings) as (c, client, admin):
         await c.worker.stop()
         worker = OperationWorker(c.db, c.bus, c.registry, c.settings, c.events)
@@ -383,9 +381,7 @@ async def test_notification_during_a_poll_is_not_lost(db_url: str, tmp_path: Pat
 
 async def test_freed_capacity_starts_the_next_operation_at_once(db_url: str, tmp_path: Path):
     """With every slot busy the next operation waits for a slot, not for the next poll."""
-    settings = make_settings(
-        db_url, tmp_path, plugins=[PLUGIN], worker_poll_seconds=30, worker_concurrency=1
-    )
+    settings = plugin_settings(db_url, tmp_path, worker_poll_seconds=30, worker_concurrency=1)
     async with serve(settings) as (_c, client, admin):
         first = await start_steps(client, admin, steps=2, step_seconds=0.1)
         second = await start_steps(client, admin, steps=1, step_seconds=0)
