@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -266,8 +269,18 @@ def test_specs_are_validated_and_frozen() -> None:
         _spec(vcpus=0)
     with pytest.raises(ValueError):
         _spec(power_state="paused")
-    spec = _spec(ssh_keys=["ssh-ed25519 AAA"], metadata={"k": "v"})
+    metadata = {"k": "v"}
+    spec = _spec(ssh_keys=["ssh-ed25519 AAA"], metadata=metadata)
     assert spec.ssh_keys == ("ssh-ed25519 AAA",)
-    with pytest.raises(TypeError):
-        spec.metadata["k"] = "changed"  # type: ignore[index]
+    metadata["k"] = "changed"  # the caller's dict is not the spec's
+    assert spec.metadata == {"k": "v"}
     assert hash(spec) == hash(_spec(ssh_keys=("ssh-ed25519 AAA",)))
+
+
+def test_specs_and_statuses_serialise_for_the_bus() -> None:
+    spec = _spec(
+        metadata={"k": "v"}, nics=(NicSpec("nic-1", "02:00:00:00:00:01", "10.0.0.5", "s"),)
+    )
+    as_dict = dataclasses.asdict(spec)
+    assert as_dict["metadata"] == {"k": "v"} and as_dict["nics"][0]["ip"] == "10.0.0.5"
+    assert copy.deepcopy(spec) == spec == pickle.loads(pickle.dumps(spec))

@@ -25,7 +25,6 @@ import abc
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
-from types import MappingProxyType
 from typing import Literal
 
 PowerState = Literal["running", "stopped"]
@@ -82,11 +81,13 @@ class VmSpec:
             raise ValueError(
                 f"power_state must be 'running' or 'stopped', not {self.power_state!r}"
             )
-        # Freeze the collections so a spec can be shared between tasks without copies.
+        # Own the collections, so a caller changing its list or dict cannot change the spec.
+        # (metadata stays a plain dict, typed read-only: dataclasses.asdict, copy and pickle
+        # must work on specs, and a mappingproxy breaks all three.)
         object.__setattr__(self, "ssh_keys", tuple(self.ssh_keys))
         object.__setattr__(self, "nics", tuple(self.nics))
         object.__setattr__(self, "gpus", tuple(self.gpus))
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        object.__setattr__(self, "metadata", dict(self.metadata))
 
     @property
     def guest_hostname(self) -> str:
