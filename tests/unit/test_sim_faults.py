@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from altostack.drivers.errors import (
@@ -114,3 +117,18 @@ def test_error_tree_and_retryability() -> None:
     assert BackendFailure.retryable and DriverTimeout.retryable
     assert not InsufficientResources.retryable
     assert BackendFailure("qemu said no").message == "qemu said no"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidState("running", "stopped", resource_id="vm-1"),
+        VmNotFound("vm-1"),
+        NotSupported("pause"),
+        BackendFailure("qemu said no"),
+    ],
+)
+def test_errors_survive_pickle_and_copy(error: DriverError) -> None:
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(clone) is type(error)
+        assert clone.as_dict() == error.as_dict() and str(clone) == str(error)

@@ -52,6 +52,18 @@ class DriverError(Exception):
         """What the agent sends back to the control plane."""
         return {"code": self.code, "message": self.message, "details": self.details()}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than ``args``; rebuild from state so
+        # errors survive pickle and copy (process pools, test doubles).
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[DriverError], args: tuple[Any, ...], state: dict[str, Any]) -> DriverError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ResourceNotFound(DriverError):
     """The named object does not exist here."""
