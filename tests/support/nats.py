@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -17,18 +18,26 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NatsClient
 
 from altostack.bus import Message
 from altostack.bus.nats import NatsBus
 from tests.support.real import free_port, need_real
 
 READY_TIMEOUT = 10.0
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL (Linux), so a killed
+    test run leaves no server behind."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -60,7 +69,7 @@ class NatsServer:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         self._wait_ready()
 
@@ -170,10 +179,21 @@ class NatsBuses:
         for bus in self.buses:
             await bus.close()
         with contextlib.suppress(Exception):
-            nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=2)
-            with contextlib.suppress(Exception):
+            async with nats_admin(self.url) as nc:
                 await nc.jetstream().delete_stream(self.stream)
-            await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def nats_admin(url: str) -> AsyncIterator[NatsClient]:
+    """A plain nats-py client for checks behind the bus's back; fails fast (nats-py alone
+    retries a refused first connect 60 times, two seconds apart)."""
+    nc = await asyncio.wait_for(
+        nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2), 3
+    )
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 class Inbox:

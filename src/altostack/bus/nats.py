@@ -385,10 +385,7 @@ class NatsBus(Bus):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._nc is not None:
-            try:
-                await self._nc.drain()
-            except (TimeoutError, nats.errors.Error):
-                await self._nc.close()
+            await _shutdown(self._nc)
         self._nc = self._js = None
 
 
@@ -486,11 +483,21 @@ class NatsBusSubscription(Subscription):
             **common,
         )
 
-    async def _ensure_consumer(self) -> None:
+    async def _ensure_consumer(self, *, again: bool = False) -> None:
         _, js = await self.bus.connection()
-        config = self._consumer_config()
+        if again and not self.durable:
+            try:
+                await js.consumer_info(self.bus.stream, self.consumer)
+                return  # still there: the silence was the connection's
+            except nats.js.errors.NotFoundError:
+                pass
+            except (TimeoutError, nats.errors.Error) as exc:
+                # Unreachable, e.g. its only replica was on a server that died: start a new
+                # one from where this one stopped (the old one expires by inactivity).
+                log.info("bus re-creates a lost consumer", consumer=self.consumer, error=str(exc))
+                self.consumer = self.bus._nuid.next().decode()
         try:
-            await js.add_consumer(self.bus.stream, config)
+            await js.add_consumer(self.bus.stream, self._consumer_config())
         except nats.js.errors.BadRequestError:
             # An existing durable made with other settings (an older release, another
             # ack_wait): use it as it is rather than fail the subscriber.
@@ -503,7 +510,6 @@ class NatsBusSubscription(Subscription):
 
     async def _pull_loop(self) -> None:
         nc, _ = await self.bus.connection()
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.stream}.{self.consumer}"
         wait = self.bus.pull_wait
         backoff, requests = 0.1, 0
         while True:
@@ -512,8 +518,9 @@ class NatsBusSubscription(Subscription):
                 await self._slot.wait()
             try:
                 if self._need_ensure:
-                    await self._ensure_consumer()
+                    await self._ensure_consumer(again=True)
                     self._need_ensure = False
+                next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.stream}.{self.consumer}"
                 requests += 1
                 self._current = f"{self._inbox}.{requests}"
                 self._remaining = self.bus.max_inflight - len(self._inflight)
@@ -534,7 +541,7 @@ class NatsBusSubscription(Subscription):
             except nats.errors.ConnectionClosedError:
                 return
             except Exception as exc:
-                log.warning("bus pull failed, retrying", consumer=self.consumer, error=repr(exc))
+                log.warning("bus pull failed, retrying", consumer=self.consumer, error=str(exc))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -653,3 +660,21 @@ async def _call(
     except Exception:
         log.exception("bus handler failed", subject=message.subject, pattern=pattern)
         return False
+
+
+async def _shutdown(nc: NatsClient) -> None:
+    """Drain a connected client; close one that is down, whatever nats-py raises on the way."""
+    if nc.is_connected:
+        try:
+            await nc.drain()
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            log.debug("bus drain failed", error=repr(exc))
+    if not nc.is_closed:
+        if not nc.is_connected:
+            # While reconnecting, nats-py's close() writes its reconnect buffer to the dead
+            # socket and stops halfway (subscription tasks left running) when that fails.
+            # Nothing buffered can be delivered now: drop it first.
+            nc._pending.clear()
+            nc._pending_data_size = 0
+        with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
+            await nc.close()
