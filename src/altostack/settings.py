@@ -131,11 +131,11 @@ class Settings(BaseSettings):
                 out[name] = "********" if value.get_secret_value() else None
             elif isinstance(value, Path):
                 out[name] = str(value)
+            elif isinstance(value, str):
+                out[name] = mask_url(value)  # db, bus (nats://user:password@...), ...
             else:
                 out[name] = value
         out["database_url"] = mask_url(self.database_url)
-        if out.get("db"):
-            out["db"] = mask_url(out["db"])
         return out
 
     @classmethod
