@@ -30,20 +30,19 @@ Errors translated at this boundary (``raise … from`` the nats-py error):
     RemoteError      the responder's handler raised (a RuntimeError; the reply says why)
     ValueError       an invalid subject or pattern
 
-The URL is ``nats://host:port[,nats://host2:port…][?stream=NAME&replicas=3]``.
+The URL is ``nats://host:port[,nats://host2:port…][?stream=NAME&replicas=3]``. The consuming
+half (pull loops, acks, the rpc responder) is ``altostack.bus.nats_subscription``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -51,13 +50,8 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -65,11 +59,16 @@ from nats.js.api import (
 )
 from nats.nuid import NUID
 
-from altostack.bus.base import Bus, Handler, Message, Subscription
+from altostack.bus.base import Bus, Handler, Subscription
+from altostack.bus.nats_subscription import (
+    ERROR_HEADER,
+    NatsBusSubscription,
+    decode,
+    encode,
+)
 
 log = structlog.get_logger(__name__)
 
-ERROR_HEADER = "Alto-Error"
 _TOKEN = re.compile(r"^[^\s.*>]+$")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _STREAM_EXISTS = 10058  # JetStream: stream name already in use with a different configuration
@@ -99,33 +98,6 @@ def check_subject(subject: str, *, wildcards: bool) -> None:
         if not _TOKEN.match(token):
             kind = "pattern" if wildcards else "subject (no wildcards)"
             raise ValueError(f"invalid bus {kind} {subject!r}")
-
-
-def _encode(data: dict[str, Any]) -> bytes:
-    if not isinstance(data, dict):
-        raise TypeError(f"bus messages are JSON objects, not {type(data).__name__}")
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def _decode(payload: bytes) -> dict[str, Any]:
-    value = json.loads(payload or b"{}")
-    if not isinstance(value, dict):
-        raise ValueError(f"bus message is not a JSON object: {payload[:80]!r}")
-    return value
-
-
-def _user_headers(headers: dict[str, str] | None) -> dict[str, str]:
-    """Headers as the publisher set them, without the ones NATS and this module add."""
-    return {
-        k: v
-        for k, v in (headers or {}).items()
-        if not k.lower().startswith("nats-") and k != ERROR_HEADER
-    }
-
-
-def _consumer_name(queue: str, pattern: str) -> str:
-    digest = hashlib.sha256(pattern.encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', queue)[:40]}_{digest}"
 
 
 def _parse_url(url: str) -> tuple[list[str], dict[str, str]]:
@@ -180,7 +152,7 @@ class NatsBus(Bus):
         self._subs: set[NatsBusSubscription] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._nuid = NUID()
+        self.nuid = NUID()
 
     # -- subjects ---------------------------------------------------------------------------
     def event_subject(self, subject: str) -> str:
@@ -280,6 +252,9 @@ class NatsBus(Bus):
         for sub in list(self._subs):
             sub.wake()  # pull requests waiting on the old connection are gone
 
+    def forget(self, sub: NatsBusSubscription) -> None:
+        self._subs.discard(sub)
+
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -291,10 +266,10 @@ class NatsBus(Bus):
         self, subject: str, data: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         check_subject(subject, wildcards=False)
-        payload = _encode(data)
+        payload = encode(data)
         # One message id for every attempt: JetStream drops the duplicate if an attempt whose
         # acknowledgement we lost had in fact been stored.
-        hdrs = {"Nats-Msg-Id": self._nuid.next().decode(), **(headers or {})}
+        hdrs = {"Nats-Msg-Id": self.nuid.next().decode(), **(headers or {})}
         _, js = await self.connection()
         target = self.event_subject(subject)
         deadline = time.monotonic() + self.publish_deadline
@@ -350,7 +325,7 @@ class NatsBus(Bus):
         check_subject(subject, wildcards=False)
         nc, _ = await self.connection()
         try:
-            reply = await nc.request(self.rpc_subject(subject), _encode(data), timeout=timeout)
+            reply = await nc.request(self.rpc_subject(subject), encode(data), timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise TimeoutError(f"no responder for {subject!r}: nobody subscribes to it") from exc
         except nats.errors.TimeoutError as exc:
@@ -360,7 +335,7 @@ class NatsBus(Bus):
         error = (reply.headers or {}).get(ERROR_HEADER)
         if error is not None:
             raise RemoteError(f"responder for {subject!r} failed: {error}")
-        return _decode(reply.data)
+        return decode(reply.data)
 
     async def ping(self) -> None:
         nc, js = await self.connection()
@@ -387,279 +362,6 @@ class NatsBus(Bus):
         if self._nc is not None:
             await _shutdown(self._nc)
         self._nc = self._js = None
-
-
-class NatsBusSubscription(Subscription):
-    """One ``subscribe()``: a pull loop on a JetStream consumer and a core rpc responder."""
-
-    def __init__(self, bus: NatsBus, pattern: str, handler: Handler, queue: str | None):
-        self.bus, self.pattern, self.handler, self.queue = bus, pattern, handler, queue
-        self.durable = queue is not None
-        self.consumer = _consumer_name(queue, pattern) if queue else bus._nuid.next().decode()
-        self.last_seq = 0  # stream sequence of the last event received
-        self._inbox = ""
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self._slot = asyncio.Event()
-        self._ended = asyncio.Event()
-        self._current = ""  # reply subject of the pull request in flight
-        self._remaining = 0
-        self._need_ensure = False
-        self._stopping = False
-        self._loop: asyncio.Task[None] | None = None
-        self._pull_sub: NatsSubscription | None = None
-        self._rpc_sub: NatsSubscription | None = None
-        self._nc: NatsClient | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
-        nc, _ = await self.bus.connection()
-        self._nc = nc
-        await self._ensure_consumer()
-        self._inbox = nc.new_inbox()
-        self._pull_sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
-        self._rpc_sub = await nc.subscribe(
-            self.bus.rpc_subject(self.pattern), queue=self.queue or "", cb=self._on_request
-        )
-        await nc.flush(timeout=2)
-        self._loop = asyncio.create_task(self._pull_loop(), name=f"bus-pull-{self.consumer}")
-
-    def wake(self) -> None:
-        """After a reconnect: check the consumer (a restarted server may have lost it), pull."""
-        self._need_ensure = True
-        self._ended.set()
-
-    async def unsubscribe(self) -> None:
-        """Stop delivery here. A queue group's durable consumer stays for the other members."""
-        self.bus._subs.discard(self)
-        await self.stop()
-
-    async def stop(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-        for nats_sub in (self._rpc_sub, self._pull_sub):
-            if nats_sub is not None:
-                # drain: the server stops sending, events already here are handed back (nak)
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    await nats_sub.drain()  # type: ignore[no-untyped-call]
-        if not self.durable and self._nc is not None and self._nc.is_connected:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self._nc.jetstream(timeout=1.0).delete_consumer(
-                    self.bus.stream, self.consumer
-                )
-
-    # -- the consumer -----------------------------------------------------------------------
-    def _consumer_config(self) -> ConsumerConfig:
-        common: dict[str, Any] = {
-            "name": self.consumer,
-            "filter_subject": self.bus.event_subject(self.pattern),
-        }
-        if self.durable:
-            return ConsumerConfig(
-                durable_name=self.consumer,
-                deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.bus.ack_wait,
-                max_deliver=self.bus.max_deliver,
-                max_ack_pending=max(1000, self.bus.max_inflight * 16),
-                description=f"queue {self.queue!r} on {self.pattern!r}",
-                **common,
-            )
-        start: dict[str, Any] = {"deliver_policy": DeliverPolicy.NEW}
-        if self.last_seq:  # re-created: resume after the last event seen
-            start = {
-                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
-                "opt_start_seq": self.last_seq + 1,
-            }
-        return ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=max(30.0, 3 * self.bus.pull_wait),
-            mem_storage=True,
-            num_replicas=1,
-            **start,
-            **common,
-        )
-
-    async def _ensure_consumer(self, *, again: bool = False) -> None:
-        _, js = await self.bus.connection()
-        if again and not self.durable:
-            try:
-                await js.consumer_info(self.bus.stream, self.consumer)
-                return  # still there: the silence was the connection's
-            except nats.js.errors.NotFoundError:
-                pass
-            except (TimeoutError, nats.errors.Error) as exc:
-                # Unreachable, e.g. its only replica was on a server that died: start a new
-                # one from where this one stopped (the old one expires by inactivity).
-                log.info("bus re-creates a lost consumer", consumer=self.consumer, error=str(exc))
-                self.consumer = self.bus._nuid.next().decode()
-        try:
-            await js.add_consumer(self.bus.stream, self._consumer_config())
-        except nats.js.errors.BadRequestError:
-            # An existing durable made with other settings (an older release, another
-            # ack_wait): use it as it is rather than fail the subscriber.
-            if not self.durable:
-                raise
-            await js.consumer_info(self.bus.stream, self.consumer)
-            log.warning(
-                "bus queue consumer exists with other settings; using it", consumer=self.consumer
-            )
-
-    async def _pull_loop(self) -> None:
-        nc, _ = await self.bus.connection()
-        wait = self.bus.pull_wait
-        backoff, requests = 0.1, 0
-        while True:
-            while len(self._inflight) >= self.bus.max_inflight:
-                self._slot.clear()
-                await self._slot.wait()
-            try:
-                if self._need_ensure:
-                    await self._ensure_consumer(again=True)
-                    self._need_ensure = False
-                next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.stream}.{self.consumer}"
-                requests += 1
-                self._current = f"{self._inbox}.{requests}"
-                self._remaining = self.bus.max_inflight - len(self._inflight)
-                self._ended.clear()
-                body = {"batch": self._remaining, "expires": int(wait * 1e9)}
-                await nc.publish(next_subject, json.dumps(body).encode(), reply=self._current)
-                # Ends on: the batch filled, the server's 404/408/409, or a reconnect.
-                await asyncio.wait_for(self._ended.wait(), wait + 1.0)
-                backoff = 0.1
-                continue
-            except asyncio.CancelledError:
-                raise
-            except TimeoutError:
-                # No answer at all: the consumer is gone or the server is not there.
-                self._need_ensure = nc.is_connected
-                if not nc.is_connected:
-                    continue
-            except nats.errors.ConnectionClosedError:
-                return
-            except Exception as exc:
-                log.warning("bus pull failed, retrying", consumer=self.consumer, error=str(exc))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-
-    async def _on_event(self, msg: Msg) -> None:
-        if not msg.reply:  # a status message: it ends a pull request, or it is stale
-            status = (msg.headers or {}).get("Status", "")
-            if msg.subject == self._current:
-                if status not in ("404", "408", "100"):
-                    description = (msg.headers or {}).get("Description", "")
-                    log.info(
-                        "bus pull status",
-                        consumer=self.consumer,
-                        status=status,
-                        description=description,
-                    )
-                    self._need_ensure = True
-                if status != "100":
-                    self._ended.set()
-            return
-        if self._stopping:
-            if self.durable:
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.nak()
-            return
-        try:
-            meta = msg.metadata
-        except nats.errors.Error:
-            return  # not a JetStream delivery
-        self.last_seq = max(self.last_seq, meta.sequence.stream)
-        self._remaining -= 1
-        if self._remaining <= 0:
-            self._ended.set()
-        task = self.bus.spawn(self._handle(msg, meta.num_delivered))
-        self._inflight.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._inflight.discard(task)
-        self._slot.set()
-
-    async def _handle(self, msg: Msg, delivered: int) -> None:
-        try:
-            message = Message(
-                self.bus.strip(msg.subject), _decode(msg.data), _user_headers(msg.headers)
-            )
-        except ValueError:
-            log.error("bus dropped an undecodable event", subject=msg.subject)
-            if self.durable:
-                await msg.term()
-            return
-        if not self.durable:
-            await _call(self.handler, message, self.pattern)
-            return
-        keepalive = asyncio.create_task(self._in_progress(msg))
-        try:
-            ok = await _call(self.handler, message, self.pattern)
-        finally:
-            keepalive.cancel()
-        try:
-            if ok:
-                await msg.ack()
-            elif delivered >= self.bus.max_deliver:
-                log.error(
-                    "bus gave up on an event after max_deliver attempts",
-                    subject=message.subject,
-                    queue=self.queue,
-                    attempts=delivered,
-                )
-                await msg.term()
-            else:
-                await msg.nak(delay=min(self.bus.retry_delay * 2 ** (delivered - 1), 60.0))
-        except nats.errors.Error as exc:  # the ack is lost: the event comes back (at least once)
-            log.warning("bus could not ack an event", subject=message.subject, error=repr(exc))
-
-    async def _in_progress(self, msg: Msg) -> None:
-        """Tell JetStream a long handler is alive, so the event is not redelivered meanwhile."""
-        while True:
-            await asyncio.sleep(self.bus.ack_wait / 2)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
-
-    # -- requests ---------------------------------------------------------------------------
-    async def _on_request(self, msg: Msg) -> None:
-        if msg.reply and not self._stopping:
-            self.bus.spawn(self._answer(msg))
-
-    async def _answer(self, msg: Msg) -> None:
-        headers: dict[str, str] | None = None
-        try:
-            message = Message(
-                self.bus.strip(msg.subject), _decode(msg.data), _user_headers(msg.headers)
-            )
-            body = _encode(await self.handler(message) or {})
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("bus responder failed", subject=msg.subject, pattern=self.pattern)
-            headers = {ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]}
-            body = _encode({"error": headers[ERROR_HEADER]})
-        try:
-            assert self._nc is not None
-            await self._nc.publish(msg.reply, body, headers=headers)
-        except nats.errors.Error as exc:
-            log.warning("bus could not send a reply", subject=msg.subject, error=repr(exc))
-
-
-async def _call(
-    handler: Callable[[Message], Awaitable[Any]], message: Message, pattern: str
-) -> bool:
-    """Run a handler; its failure is logged, never raised (CancelledError always is)."""
-    try:
-        await handler(message)
-        return True
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("bus handler failed", subject=message.subject, pattern=pattern)
-        return False
 
 
 async def _shutdown(nc: NatsClient) -> None:
