@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,7 @@ class NatsBusSubscription(Subscription):
     async def start(self) -> None:
         nc, _ = await self.bus.connection()
         self._nc = nc
-        await self._ensure_consumer()
+        await self._first_consumer()
         self._inbox = nc.new_inbox()
         self._pull_sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
         self._rpc_sub = await nc.subscribe(
@@ -91,6 +92,28 @@ class NatsBusSubscription(Subscription):
         )
         await nc.flush(timeout=2)
         self._loop = asyncio.create_task(self._pull_loop(), name=f"bus-pull-{self.consumer}")
+
+    async def _first_consumer(self) -> None:
+        """Create the consumer, riding out a JetStream leader election like ``publish`` does."""
+        deadline = time.monotonic() + self.bus.publish_deadline
+        delay = 0.05
+        while True:
+            try:
+                await self._ensure_consumer()
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                code = getattr(exc, "code", None)
+                if isinstance(code, int) and code < 500:
+                    msg = f"JetStream refused a consumer on {self.pattern!r}: {exc}"
+                    raise RuntimeError(msg) from exc
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionError(
+                        f"no JetStream consumer for {self.pattern!r} in "
+                        f"{self.bus.publish_deadline}s: {exc}"
+                    ) from exc
+                log.debug("bus consumer create retry", pattern=self.pattern, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def wake(self) -> None:
         """After a reconnect: check the consumer (a restarted server may have lost it), pull."""
