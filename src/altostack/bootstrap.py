@@ -151,7 +151,8 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     compute.register(registry)
 
     async def import_image(ctx: OperationContext) -> dict[str, Any]:
-        return await images.run_import(ctx.resource_id or "", str(ctx.input["url"]))
+        image = await images.run_import(ctx.resource_id or "", str(ctx.input["url"]))
+        return {k: image[k] for k in ("id", "state", "format", "size_bytes", "checksum_sha256")}
 
     registry.register("image.import", import_image)
     container = Container(

@@ -33,7 +33,9 @@ async def image_id(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
     return str(r.json()["items"][0]["id"])
 
 
-async def wait_op(client: httpx.AsyncClient, headers: dict[str, str], op: dict[str, Any]) -> dict[str, Any]:
+async def wait_op(
+    client: httpx.AsyncClient, headers: dict[str, str], op: dict[str, Any]
+) -> dict[str, Any]:
     """Wait for an operation (bounded) and return it."""
     for _ in range(40):
         r = await client.get(f"/v1/operations/{op['id']}?wait=5", headers=headers)
@@ -45,7 +47,10 @@ async def wait_op(client: httpx.AsyncClient, headers: dict[str, str], op: dict[s
 
 
 async def create_vm(
-    client: httpx.AsyncClient, headers: dict[str, str], name: str = "web", wait: bool = True,
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    name: str = "web",
+    wait: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
     body = {"name": name, "instance_type": "c1.small", "image_id": await image_id(client, headers),

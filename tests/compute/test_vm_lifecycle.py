@@ -27,7 +27,9 @@ async def test_create_shape_and_guest(client, owner, container):
     assert vm["host_id"].startswith("host-") and vm["id"].startswith("vm-")
     assert vm["observed_generation"] == vm["generation"] == 1
     guest = _guest(container, vm)
-    assert guest.passwords.get("root") == "Guest-Pass-1" and guest.ssh_keys == ("ssh-ed25519 AAAA k",)
+    assert guest.passwords.get("root") == "Guest-Pass-1" and guest.ssh_keys == (
+        "ssh-ed25519 AAAA k",
+    )
     # the operation no longer keeps the password
     ops = (await client.get(f"/v1/operations?resource_id={vm['id']}", headers=owner)).json()
     assert ops["items"][0]["kind"] == "vm.create"
@@ -62,11 +64,15 @@ async def test_reinstall_resize_password(client, owner, container):
     vm = await create_vm(client, owner)
     r = await act(client, owner, vm["id"], "reinstall")
     assert r.status_code == 409 and r.json()["current_state"] == "running"
-    await _done(client, owner, await act(client, owner, vm["id"], "reset-password", password="New-Pass-22"))
+    await _done(
+        client, owner, await act(client, owner, vm["id"], "reset-password", password="New-Pass-22")
+    )
     assert _guest(container, vm).passwords["root"] == "New-Pass-22"
 
     # Live grow; shrinking a running VM needs allow_restart.
-    await _done(client, owner, await act(client, owner, vm["id"], "resize", instance_type="c1.medium"))
+    await _done(
+        client, owner, await act(client, owner, vm["id"], "resize", instance_type="c1.medium")
+    )
     now = await _vm(client, owner, vm["id"])
     assert (now["vcpus"], now["memory_mib"], now["state"]) == (2, 2048, "running")
     r = await act(client, owner, vm["id"], "resize", instance_type="c1.small")

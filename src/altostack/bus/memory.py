@@ -77,8 +77,8 @@ class MemoryBus(Bus):
     ) -> dict[str, Any]:
         targets = self._targets(subject)
         if not targets:
-            await asyncio.sleep(timeout)
-            raise TimeoutError(f"no responder for {subject!r} within {timeout}s")
+            # Like NATS' "no responders": nobody listens, so waiting cannot help.
+            raise TimeoutError(f"no responder for {subject!r}")
         reply = await asyncio.wait_for(targets[0].handler(Message(subject, data)), timeout)
         return reply or {}
 

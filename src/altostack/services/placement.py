@@ -23,7 +23,8 @@ from altostack.db.uow import UnitOfWork
 from altostack.domain.errors import Conflict, DomainError, InvalidRequest
 from altostack.domain.ids import new_id
 from altostack.scheduler.model import ClusterView, GroupView, HostView, PlacementRequest, Plan
-from altostack.scheduler.planner import Planner, apply_placement
+from altostack.scheduler.planner import Planner
+from altostack.scheduler.snapshot import apply_placement
 from altostack.services import authz
 from altostack.services.context import RequestContext
 from altostack.services.infra import host_state
