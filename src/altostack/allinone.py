@@ -49,16 +49,30 @@ async def seed(c: Container) -> Cluster:
             select(Cluster).where(Cluster.region_id == region.id, Cluster.name == "default")
         )
         if cluster is None:
-            cluster = Cluster(id=new_id("cluster"), region_id=region.id, name="default",
-                              arch="x86_64", cpu_allocation_ratio=4.0,
-                              ram_allocation_ratio=1.0, policy="spread")  # fmt: skip
+            cluster = Cluster(
+                id=new_id("cluster"),
+                region_id=region.id,
+                name="default",
+                arch="x86_64",
+                cpu_allocation_ratio=4.0,
+                ram_allocation_ratio=1.0,
+                policy="spread",
+            )
             uow.session.add(cluster)
         if not await uow.session.scalar(select(func.count()).select_from(InstanceType)):
             for name, vcpus, mem, min_disk, max_disk in SEED_TYPES:
-                uow.session.add(InstanceType(
-                    id=new_id("itype"), name=name, vcpus=vcpus, memory_mib=mem,
-                    min_disk_gib=min_disk, max_disk_gib=max_disk, gpus=0, enabled=True,
-                ))  # fmt: skip
+                uow.session.add(
+                    InstanceType(
+                        id=new_id("itype"),
+                        name=name,
+                        vcpus=vcpus,
+                        memory_mib=mem,
+                        min_disk_gib=min_disk,
+                        max_disk_gib=max_disk,
+                        gpus=0,
+                        enabled=True,
+                    )
+                )
         image = await uow.session.scalar(select(Image).where(Image.name == SEED_IMAGE))
         await uow.commit()
     if image is None:
@@ -74,13 +88,25 @@ async def _seed_image(c: Container) -> None:
 
     stored = await c.image_store.put(image_id, chunks(), None)
     async with c.db.uow() as uow:
-        uow.session.add(Image(
-            id=image_id, tenant_id="system", name=SEED_IMAGE, os_family="linux",
-            os_version="sim", arch="x86_64", format=stored.format, size_bytes=stored.size_bytes,
-            virtual_size_bytes=stored.virtual_size_bytes, checksum_sha256=stored.sha256,
-            min_disk_gib=1, visibility="public", shared_with=[], state="available",
-            source={"seed": True},
-        ))  # fmt: skip
+        uow.session.add(
+            Image(
+                id=image_id,
+                tenant_id="system",
+                name=SEED_IMAGE,
+                os_family="linux",
+                os_version="sim",
+                arch="x86_64",
+                format=stored.format,
+                size_bytes=stored.size_bytes,
+                virtual_size_bytes=stored.virtual_size_bytes,
+                checksum_sha256=stored.sha256,
+                min_disk_gib=1,
+                visibility="public",
+                shared_with=[],
+                state="available",
+                source={"seed": True},
+            )
+        )
         await uow.commit()
 
 

@@ -53,8 +53,12 @@ async def create_vm(
     wait: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
-    body = {"name": name, "instance_type": "c1.small", "image_id": await image_id(client, headers),
-            **extra}  # fmt: skip
+    body = {
+        "name": name,
+        "instance_type": "c1.small",
+        "image_id": await image_id(client, headers),
+        **extra,
+    }
     r = await client.post("/v1/vms", json=body, headers=headers)
     assert r.status_code == 202, r.text
     vm = r.json()["vm"]

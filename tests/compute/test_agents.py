@@ -13,8 +13,14 @@ from tests.conftest import make_settings
 
 @pytest.fixture
 def settings(db_url, tmp_path):
-    return make_settings(db_url, tmp_path, sim_hosts=2, operation_max_attempts=2,
-                         agent_timeout_seconds=0.3, heartbeat_timeout_seconds=1.0)  # fmt: skip
+    return make_settings(
+        db_url,
+        tmp_path,
+        sim_hosts=2,
+        operation_max_attempts=2,
+        agent_timeout_seconds=0.3,
+        heartbeat_timeout_seconds=1.0,
+    )
 
 
 def _hypervisor(container, vm):
@@ -46,8 +52,11 @@ async def test_guest_shutdown_updates_the_spec(client, owner, container):
 
     now = await _eventually(stopped)
     assert now["power_state"] == "stopped"
-    events = (await client.get(f"/v1/events?resource_id={vm['id']}&action=vm.guest-shutdown",
-                               headers=owner)).json()["items"]  # fmt: skip
+    events = (
+        await client.get(
+            f"/v1/events?resource_id={vm['id']}&action=vm.guest-shutdown", headers=owner
+        )
+    ).json()["items"]
     assert events
 
 
@@ -64,16 +73,24 @@ async def test_crashed_vm_is_started_again(client, owner, container):
         )
 
     await _eventually(rebooted)
-    ops = (await client.get(f"/v1/operations?resource_id={vm['id']}&kind=vm.reconcile",
-                            headers=owner)).json()["items"]  # fmt: skip
+    ops = (
+        await client.get(f"/v1/operations?resource_id={vm['id']}&kind=vm.reconcile", headers=owner)
+    ).json()["items"]
     assert ops
 
 
 async def test_orphans_are_reported_not_destroyed(client, admin, owner, container):
     await create_vm(client, owner)
     hypervisor = next(iter(container.sim_hypervisors.values()))
-    spec = VmSpec(id="vm-orphan000000001", name="ghost", generation=1, vcpus=1, memory_mib=256,
-                  root_disk_gib=1, image_id="img-x")  # fmt: skip
+    spec = VmSpec(
+        id="vm-orphan000000001",
+        name="ghost",
+        generation=1,
+        vcpus=1,
+        memory_mib=256,
+        root_disk_gib=1,
+        image_id="img-x",
+    )
     driver = next(a.compute for a in container.agents if a.compute.hypervisor is hypervisor)
     await driver.ensure_vm(spec)
 
@@ -105,8 +122,11 @@ async def test_silent_agent_fails_the_operation_visibly(client, owner, container
     # New VMs go to the live host only.
     image = await image_id(client, owner)
     for i in range(3):
-        r = await client.post("/v1/vms", json={"name": f"after-{i}", "instance_type": "c1.small",
-                                               "image_id": image}, headers=owner)  # fmt: skip
+        r = await client.post(
+            "/v1/vms",
+            json={"name": f"after-{i}", "instance_type": "c1.small", "image_id": image},
+            headers=owner,
+        )
         assert r.json()["vm"]["host_id"] != vm["host_id"]
 
 

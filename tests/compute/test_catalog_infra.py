@@ -42,8 +42,11 @@ async def test_upload_detect_download(client, owner):
     r = await client.post("/v1/images", json={"name": "mine", "os_version": "12"}, headers=owner)
     assert r.status_code == 201 and r.json()["state"] == "importing"
     image = r.json()
-    bad = await client.put(f"/v1/images/{image['id']}/file?checksum_sha256={'0' * 64}",
-                           content=QCOW2, headers={**owner, "Content-Type": "application/octet-stream"})  # fmt: skip
+    bad = await client.put(
+        f"/v1/images/{image['id']}/file?checksum_sha256={'0' * 64}",
+        content=QCOW2,
+        headers={**owner, "Content-Type": "application/octet-stream"},
+    )
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "checksum_sha256"
     again = await client.get(f"/v1/images/{image['id']}", headers=owner)
     assert again.json()["state"] == "error"
@@ -51,8 +54,11 @@ async def test_upload_detect_download(client, owner):
     r = await client.post("/v1/images", json={"name": "mine2"}, headers=owner)
     image = r.json()
     sha = hashlib.sha256(QCOW2).hexdigest()
-    r = await client.put(f"/v1/images/{image['id']}/file?checksum_sha256={sha}", content=QCOW2,
-                         headers={**owner, "Content-Type": "application/octet-stream"})  # fmt: skip
+    r = await client.put(
+        f"/v1/images/{image['id']}/file?checksum_sha256={sha}",
+        content=QCOW2,
+        headers={**owner, "Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["state"] == "available" and body["format"] == "qcow2"
@@ -67,8 +73,9 @@ async def test_upload_detect_download(client, owner):
 async def test_url_import_and_in_use(client, owner, http_server):
     root, base = http_server
     (root / "disk.raw").write_bytes(b"\x01" * 4096)
-    r = await client.post("/v1/images", json={"name": "from-url", "source_url": f"{base}/disk.raw"},
-                          headers=owner)  # fmt: skip
+    r = await client.post(
+        "/v1/images", json={"name": "from-url", "source_url": f"{base}/disk.raw"}, headers=owner
+    )
     assert r.status_code == 202 and r.headers["X-Operation-Id"].startswith("op-")
     op = await wait_op(client, owner, {"id": r.headers["X-Operation-Id"]})
     assert op["state"] == "succeeded", op
@@ -77,8 +84,9 @@ async def test_url_import_and_in_use(client, owner, http_server):
         image["state"] == "available" and image["format"] == "raw" and image["size_bytes"] == 4096
     )
 
-    r = await client.post("/v1/images", json={"name": "missing", "source_url": f"{base}/nope"},
-                          headers=owner)  # fmt: skip
+    r = await client.post(
+        "/v1/images", json={"name": "missing", "source_url": f"{base}/nope"}, headers=owner
+    )
     op = await wait_op(client, owner, {"id": r.headers["X-Operation-Id"]})
     assert op["state"] == "failed" and "404" in op["error"]["message"]
 
@@ -90,8 +98,9 @@ async def test_url_import_and_in_use(client, owner, http_server):
 async def test_public_images_and_types_are_admin_managed(client, admin, owner):
     r = await client.post("/v1/images", json={"name": "pub", "visibility": "public"}, headers=owner)
     assert r.status_code == 403
-    r = await client.post("/v1/instance-types", json={"name": "x1", "vcpus": 1, "memory_mib": 512},
-                          headers=owner)  # fmt: skip
+    r = await client.post(
+        "/v1/instance-types", json={"name": "x1", "vcpus": 1, "memory_mib": 512}, headers=owner
+    )
     assert r.status_code == 403
     r = await client.get("/v1/instance-types", headers=owner)
     assert [t["name"] for t in r.json()["items"]][:2] == ["c1.small", "c1.medium"]
@@ -114,25 +123,53 @@ async def test_hosts_clusters_and_join(client, admin, owner):
     assert r.json()["state"] == "up"
 
     cluster_id = hosts[0]["cluster_id"]
-    r = await client.patch(f"/v1/clusters/{cluster_id}", json={"cpu_allocation_ratio": 2.0},
-                           headers=admin)  # fmt: skip
+    r = await client.patch(
+        f"/v1/clusters/{cluster_id}", json={"cpu_allocation_ratio": 2.0}, headers=admin
+    )
     assert r.status_code == 409 and "only be raised" in r.json()["detail"]
-    r = await client.patch(f"/v1/clusters/{cluster_id}", json={"cpu_allocation_ratio": 8.0},
-                           headers=admin)  # fmt: skip
+    r = await client.patch(
+        f"/v1/clusters/{cluster_id}", json={"cpu_allocation_ratio": 8.0}, headers=admin
+    )
     assert r.json()["cpu_allocation_ratio"] == 8.0
 
-    r = await client.post("/v1/hosts/register", json={"join_token": "join_wrong", "hostname": "h9",
-                          "arch": "x86_64", "cores": 8, "memory_mib": 8192, "disk_gib": 100})  # fmt: skip
+    r = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": "join_wrong",
+            "hostname": "h9",
+            "arch": "x86_64",
+            "cores": 8,
+            "memory_mib": 8192,
+            "disk_gib": 100,
+        },
+    )
     assert r.status_code == 401
     token = (
         await client.post(f"/v1/clusters/{cluster_id}/actions/join-token", headers=admin)
     ).json()
-    r = await client.post("/v1/hosts/register", json={"join_token": token["join_token"],
-                          "hostname": "h9", "arch": "x86_64", "cores": 8, "memory_mib": 8192,
-                          "disk_gib": 100, "accel": "kvm"})  # fmt: skip
+    r = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": token["join_token"],
+            "hostname": "h9",
+            "arch": "x86_64",
+            "cores": 8,
+            "memory_mib": 8192,
+            "disk_gib": 100,
+            "accel": "kvm",
+        },
+    )
     assert r.status_code == 201 and r.json()["agent_token"].startswith("agent_")
-    again = await client.post("/v1/hosts/register", json={"join_token": token["join_token"],
-                              "hostname": "h9", "arch": "x86_64", "cores": 16,
-                              "memory_mib": 8192, "disk_gib": 100})  # fmt: skip
+    again = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": token["join_token"],
+            "hostname": "h9",
+            "arch": "x86_64",
+            "cores": 16,
+            "memory_mib": 8192,
+            "disk_gib": 100,
+        },
+    )
     assert again.json()["host"]["id"] == r.json()["host"]["id"]  # re-join keeps the identity
     assert again.json()["host"]["capacity"]["cores"] == 16

@@ -12,17 +12,26 @@ from tests.identity.helpers import make_tenant
 
 
 async def test_hard_anti_affinity_and_explanation(client, owner):
-    r = await client.post("/v1/placement-groups",
-                          json={"name": "db", "policy": "anti-affinity", "mode": "hard"},
-                          headers=owner)  # fmt: skip
+    r = await client.post(
+        "/v1/placement-groups",
+        json={"name": "db", "policy": "anti-affinity", "mode": "hard"},
+        headers=owner,
+    )
     group = r.json()
     vms = [
         await create_vm(client, owner, f"db-{i}", placement_group_id=group["id"]) for i in range(3)
     ]
     assert len({vm["host_id"] for vm in vms}) == 3
-    r = await client.post("/v1/vms", json={"name": "db-4", "instance_type": "c1.small",
-                                           "image_id": await image_id(client, owner),
-                                           "placement_group_id": group["id"]}, headers=owner)  # fmt: skip
+    r = await client.post(
+        "/v1/vms",
+        json={
+            "name": "db-4",
+            "instance_type": "c1.small",
+            "image_id": await image_id(client, owner),
+            "placement_group_id": group["id"],
+        },
+        headers=owner,
+    )
     assert r.status_code == 409 and r.json()["code"] == "InsufficientCapacity"
     assert "3 hosts" in r.json()["detail"] or "anti-affinity" in r.json()["detail"], r.json()
     r = await client.get(f"/v1/placement-groups/{group['id']}", headers=owner)
@@ -33,17 +42,30 @@ async def test_hard_anti_affinity_and_explanation(client, owner):
 
 
 async def test_parallel_creates_never_overbook(client, admin, owner, container):
-    r = await client.post("/v1/instance-types", json={"name": "big", "vcpus": 16,
-                          "memory_mib": 96 * 1024, "min_disk_gib": 10, "max_disk_gib": 100},
-                          headers=admin)  # fmt: skip
+    r = await client.post(
+        "/v1/instance-types",
+        json={
+            "name": "big",
+            "vcpus": 16,
+            "memory_mib": 96 * 1024,
+            "min_disk_gib": 10,
+            "max_disk_gib": 100,
+        },
+        headers=admin,
+    )
     assert r.status_code == 201, r.text
     image = await image_id(client, owner)
     # Each sim host has 256 GiB and ram ratio 1.0: two 96 GiB VMs per host, six in all.
-    responses = await asyncio.gather(*[
-        client.post("/v1/vms", json={"name": f"big-{i}", "instance_type": "big", "image_id": image},
-                    headers=owner)
-        for i in range(10)
-    ])  # fmt: skip
+    responses = await asyncio.gather(
+        *[
+            client.post(
+                "/v1/vms",
+                json={"name": f"big-{i}", "instance_type": "big", "image_id": image},
+                headers=owner,
+            )
+            for i in range(10)
+        ]
+    )
     codes = [r.status_code for r in responses]
     assert codes.count(202) == 6 and codes.count(409) == 4, codes
     refusal = next(r.json() for r in responses if r.status_code == 409)
@@ -60,11 +82,16 @@ async def test_vm_quota_under_concurrency(client, admin):
     tenant, headers = await make_tenant(client, admin, "quota-vms")
     await client.put(f"/v1/quotas/{tenant['id']}", json={"vms": 10}, headers=admin)
     image = await image_id(client, headers)
-    responses = await asyncio.gather(*[
-        client.post("/v1/vms", json={"name": f"q{i}", "instance_type": "c1.small", "image_id": image},
-                    headers=headers)
-        for i in range(40)
-    ])  # fmt: skip
+    responses = await asyncio.gather(
+        *[
+            client.post(
+                "/v1/vms",
+                json={"name": f"q{i}", "instance_type": "c1.small", "image_id": image},
+                headers=headers,
+            )
+            for i in range(40)
+        ]
+    )
     codes = [r.status_code for r in responses]
     assert codes.count(202) == 10 and codes.count(429) == 30, codes
     body = next(r.json() for r in responses if r.status_code == 429)
@@ -74,8 +101,9 @@ async def test_vm_quota_under_concurrency(client, admin):
 async def test_same_idempotency_key_creates_one_vm(client, owner):
     body = {"name": "once", "instance_type": "c1.small", "image_id": await image_id(client, owner)}
     headers = {**owner, "Idempotency-Key": "vm-create-once"}
-    responses = await asyncio.gather(*[client.post("/v1/vms", json=body, headers=headers)
-                                       for _ in range(50)])  # fmt: skip
+    responses = await asyncio.gather(
+        *[client.post("/v1/vms", json=body, headers=headers) for _ in range(50)]
+    )
     assert {r.status_code for r in responses} == {202}
     assert len({r.json()["vm"]["id"] for r in responses}) == 1
     listed = (await client.get("/v1/vms?name=once", headers=owner)).json()["items"]
@@ -87,13 +115,17 @@ async def test_validation_errors_name_the_field(client, owner):
     cases = [
         ({"name": "x", "instance_type": "nope", "image_id": image}, "instance_type"),
         ({"name": "x", "instance_type": "c1.small", "image_id": "img-nope"}, "image_id"),
-        ({"name": "x", "instance_type": "c1.small", "image_id": image, "root_disk_gib": 5000},
-         "root_disk_gib"),
+        (
+            {"name": "x", "instance_type": "c1.small", "image_id": image, "root_disk_gib": 5000},
+            "root_disk_gib",
+        ),
         ({"name": "bad name!", "instance_type": "c1.small", "image_id": image}, "name"),
-        ({"name": "x", "instance_type": "c1.small", "image_id": image, "password": "weak"},
-         "password"),
+        (
+            {"name": "x", "instance_type": "c1.small", "image_id": image, "password": "weak"},
+            "password",
+        ),
         ({"name": "x", "instance_type": "c1.small", "image_id": image, "count": 11}, "count"),
-    ]  # fmt: skip
+    ]
     for body, field in cases:
         r = await client.post("/v1/vms", json=body, headers=owner)
         assert r.status_code in (400, 422), (field, r.text)

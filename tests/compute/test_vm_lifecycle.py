@@ -20,8 +20,14 @@ async def _vm(client, owner, vm_id):
 
 
 async def test_create_shape_and_guest(client, owner, container):
-    vm = await create_vm(client, owner, "web-1", password="Guest-Pass-1", ssh_keys=["ssh-ed25519 AAAA k"],
-                         tags={"team": "web"})  # fmt: skip
+    vm = await create_vm(
+        client,
+        owner,
+        "web-1",
+        password="Guest-Pass-1",
+        ssh_keys=["ssh-ed25519 AAAA k"],
+        tags={"team": "web"},
+    )
     assert vm["state"] == "running" and vm["power_state"] == "running"
     assert vm["instance_type"] == "c1.small" and vm["vcpus"] == 1 and vm["memory_mib"] == 512
     assert vm["host_id"].startswith("host-") and vm["id"].startswith("vm-")
@@ -77,8 +83,11 @@ async def test_reinstall_resize_password(client, owner, container):
     assert (now["vcpus"], now["memory_mib"], now["state"]) == (2, 2048, "running")
     r = await act(client, owner, vm["id"], "resize", instance_type="c1.small")
     assert r.status_code == 409 and "allow_restart" in r.json()["detail"]
-    await _done(client, owner, await act(client, owner, vm["id"], "resize", instance_type="c1.small",
-                                         allow_restart=True))  # fmt: skip
+    await _done(
+        client,
+        owner,
+        await act(client, owner, vm["id"], "resize", instance_type="c1.small", allow_restart=True),
+    )
     now = await _vm(client, owner, vm["id"])
     assert (now["vcpus"], now["state"]) == (1, "running")
 
@@ -125,8 +134,12 @@ async def test_console_token(client, owner):
 async def test_batch_create(client, owner):
     from tests.compute.conftest import image_id
 
-    body = {"name": "batch", "instance_type": "c1.small", "image_id": await image_id(client, owner),
-            "count": 3}  # fmt: skip
+    body = {
+        "name": "batch",
+        "instance_type": "c1.small",
+        "image_id": await image_id(client, owner),
+        "count": 3,
+    }
     r = await client.post("/v1/vms", json=body, headers=owner)
     assert r.status_code == 202, r.text
     names = sorted(v["name"] for v in r.json()["vms"])

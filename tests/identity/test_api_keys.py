@@ -31,9 +31,14 @@ async def test_signed_requests(client, admin):
     assert r.status_code == 200, r.text
     # A signed mutation with a body; the event names the auth method.
     r = await client.request(
-        **signed(key["id"], key["secret"], "POST", "/v1/users",
-                 body={"username": "bot", "password": "Bot-Pass-12", "role": "readonly"})
-    )  # fmt: skip
+        **signed(
+            key["id"],
+            key["secret"],
+            "POST",
+            "/v1/users",
+            body={"username": "bot", "password": "Bot-Pass-12", "role": "readonly"},
+        )
+    )
     assert r.status_code == 201, r.text
     r = await client.get(f"/v1/events?resource_id={r.json()['id']}", headers=owner)
     event = r.json()["items"][0]
@@ -95,9 +100,14 @@ async def test_expiry_and_role_narrowing(client, admin):
     r = await client.request(**signed(ro["id"], ro["secret"], "GET", "/v1/users"))
     assert r.status_code == 200
     r = await client.request(
-        **signed(ro["id"], ro["secret"], "POST", "/v1/roles",
-                 body={"name": "x", "permissions": ["vm:read"]})
-    )  # fmt: skip
+        **signed(
+            ro["id"],
+            ro["secret"],
+            "POST",
+            "/v1/roles",
+            body={"name": "x", "permissions": ["vm:read"]},
+        )
+    )
     assert r.status_code == 403 and "narrowed by the API key" in r.json()["detail"]
     # Keys cannot mint keys.
     r = await client.request(**signed(ro["id"], ro["secret"], "POST", "/v1/api-keys", body={}))

@@ -13,11 +13,19 @@ from altostack.services.context import Principal, RequestContext
 def ctx(perms, *, tenant="tenant-a", status="active", key=None, scope=None, admin=False):
     return RequestContext(
         Principal(
-            user_id="user-1", username="u", tenant_id=tenant, tenant_name="a", role="custom",
-            is_platform_admin=admin, auth_method="token", tenant_status=status,
-            permissions=tuple(perms), key_permissions=key, scope_tags=scope or {},
+            user_id="user-1",
+            username="u",
+            tenant_id=tenant,
+            tenant_name="a",
+            role="custom",
+            is_platform_admin=admin,
+            auth_method="token",
+            tenant_status=status,
+            permissions=tuple(perms),
+            key_permissions=key,
+            scope_tags=scope or {},
         )
-    )  # fmt: skip
+    )
 
 
 def test_wildcards():

@@ -24,9 +24,11 @@ async def world(client, admin, container) -> dict[str, Any]:
     tenant_a, owner_a = await make_tenant(client, admin, "tenant-a")
     _, owner_b = await make_tenant(client, admin, "tenant-b")
     user, _ = await make_user(client, owner_a, "tenant-a", "member", "operator")
-    role = (await client.post(
-        "/v1/roles", json={"name": "viewer", "permissions": ["user:read"]}, headers=owner_a
-    )).json()  # fmt: skip
+    role = (
+        await client.post(
+            "/v1/roles", json={"name": "viewer", "permissions": ["user:read"]}, headers=owner_a
+        )
+    ).json()
     key = (await client.post("/v1/api-keys", json={}, headers=owner_a)).json()
     async with container.db.uow() as uow:
         owner_row = await uow.users.by_login(tenant_a["id"], "owner")

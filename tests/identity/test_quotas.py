@@ -39,9 +39,11 @@ async def test_parallel_creates_never_exceed_quota(client, admin):
     r = await client.put(f"/v1/quotas/{tenant['id']}", json={"api_keys": 10}, headers=admin)
     assert r.status_code == 200
     responses = await asyncio.gather(
-        *[client.post("/v1/api-keys", json={"description": f"k{i}"}, headers=owner)
-          for i in range(40)]
-    )  # fmt: skip
+        *[
+            client.post("/v1/api-keys", json={"description": f"k{i}"}, headers=owner)
+            for i in range(40)
+        ]
+    )
     codes = [r.status_code for r in responses]
     assert codes.count(201) == 10 and codes.count(429) == 30, codes
     refusal = next(r.json() for r in responses if r.status_code == 429)

@@ -11,8 +11,11 @@ from altostack.db.types import utcnow
 
 
 async def test_purges_expired_keys_and_tokens(container, client, admin):
-    await client.post("/v1/roles", json={"name": "r1", "permissions": ["vm:read"]},
-                      headers={**admin, "Idempotency-Key": "k1"})  # fmt: skip
+    await client.post(
+        "/v1/roles",
+        json={"name": "r1", "permissions": ["vm:read"]},
+        headers={**admin, "Idempotency-Key": "k1"},
+    )
     async with container.db.uow() as uow:
         assert await uow.session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
         row = (await uow.session.scalars(select(AuthToken))).first()

@@ -85,8 +85,10 @@ class Agent:
         action = str(data.get("action"))
         handler = self._handlers().get(action)
         if handler is None:
-            return {"ok": False, "error": {"code": "InvalidSpec",
-                                           "message": f"unknown action {action!r}"}}  # fmt: skip
+            return {
+                "ok": False,
+                "error": {"code": "InvalidSpec", "message": f"unknown action {action!r}"},
+            }
         vm_id = str(data.get("vm_id") or (data.get("spec") or {}).get("id") or "")
         lock = self._locks.setdefault(vm_id, asyncio.Lock())
         try:
@@ -114,15 +116,21 @@ class Agent:
             return status(await c.start_vm(d["vm_id"]))
 
         async def stop(d: dict[str, Any]) -> dict[str, Any]:
-            return status(await c.stop_vm(d["vm_id"], timeout=float(d.get("timeout", 60)),
-                                          force=bool(d.get("force"))))  # fmt: skip
+            return status(
+                await c.stop_vm(
+                    d["vm_id"], timeout=float(d.get("timeout", 60)), force=bool(d.get("force"))
+                )
+            )
 
         async def reboot(d: dict[str, Any]) -> dict[str, Any]:
             return status(await c.reboot_vm(d["vm_id"], hard=bool(d.get("hard"))))
 
         async def resize(d: dict[str, Any]) -> dict[str, Any]:
-            return status(await c.resize_vm(d["vm_id"], int(d["vcpus"]), int(d["memory_mib"]),
-                                            live=bool(d.get("live"))))  # fmt: skip
+            return status(
+                await c.resize_vm(
+                    d["vm_id"], int(d["vcpus"]), int(d["memory_mib"]), live=bool(d.get("live"))
+                )
+            )
 
         async def reinstall(d: dict[str, Any]) -> dict[str, Any]:
             return status(await c.reinstall_vm(spec_from_dict(d["spec"])))
@@ -145,8 +153,15 @@ class Agent:
             return {"host": host_info_to_dict(await c.host_info())}
 
         return {
-            "ensure_vm": ensure, "start_vm": start, "stop_vm": stop, "reboot_vm": reboot,
-            "resize_vm": resize, "reinstall_vm": reinstall, "set_password": set_password,
-            "console": console, "delete_vm": delete, "list_vms": list_vms,
+            "ensure_vm": ensure,
+            "start_vm": start,
+            "stop_vm": stop,
+            "reboot_vm": reboot,
+            "resize_vm": resize,
+            "reinstall_vm": reinstall,
+            "set_password": set_password,
+            "console": console,
+            "delete_vm": delete,
+            "list_vms": list_vms,
             "host_info": host_info,
-        }  # fmt: skip
+        }

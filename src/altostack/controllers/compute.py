@@ -199,9 +199,13 @@ class ComputeController:
         vm = await self._vm(ctx)
         timeout = float(ctx.input.get("timeout", 60))
         reply = await self.call(
-            vm.host_id or "", "stop_vm", vm_id=vm.id, timeout=timeout,
-            force=bool(ctx.input.get("force")), extra_timeout=timeout + 30,
-        )  # fmt: skip
+            vm.host_id or "",
+            "stop_vm",
+            vm_id=vm.id,
+            timeout=timeout,
+            force=bool(ctx.input.get("force")),
+            extra_timeout=timeout + 30,
+        )
         return await self._observe(vm.id, reply["status"])
 
     async def reboot(self, ctx: OperationContext) -> dict[str, Any]:
@@ -222,8 +226,9 @@ class ComputeController:
         host = vm.host_id or ""
         live = bool(ctx.input.get("live"))
         if live:
-            reply = await self.call(host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus,
-                                    memory_mib=vm.memory_mib, live=True)  # fmt: skip
+            reply = await self.call(
+                host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, live=True
+            )
             if reply.get("ok"):
                 return await self._observe(vm.id, reply["status"])
         if ctx.input.get("was_running") and not ctx.checkpoint.get("stopped"):
@@ -231,12 +236,14 @@ class ComputeController:
                 raise PermanentError("the VM must restart to resize; allow_restart was false")
             await self.call(host, "stop_vm", vm_id=vm.id, timeout=60.0, extra_timeout=90)
             await ctx.progress(40, {"stopped": True})
-        await self.call(host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus,
-                        memory_mib=vm.memory_mib, live=False)  # fmt: skip
+        await self.call(
+            host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, live=False
+        )
         await ctx.progress(70, {"resized": True})
         power = "running" if ctx.input.get("was_running") else "stopped"
-        reply = await self.call(host, "ensure_vm", spec=vm_spec(vm, power_state=power),
-                                extra_timeout=60)  # fmt: skip
+        reply = await self.call(
+            host, "ensure_vm", spec=vm_spec(vm, power_state=power), extra_timeout=60
+        )
         return await self._observe(vm.id, reply["status"])
 
     async def reset_password(self, ctx: OperationContext) -> dict[str, Any]:
@@ -253,10 +260,14 @@ class ComputeController:
         reply = await self.ensure(vm, "stopped")
         now = utcnow()
         return await self._observe(
-            vm.id, None, state="deleted", deleted_at=now, reason=None,
+            vm.id,
+            None,
+            state="deleted",
+            deleted_at=now,
+            reason=None,
             purge_after=now + timedelta(seconds=self.recycle_seconds),
             observed_generation=int((reply.get("status") or {}).get("generation") or 0),
-        )  # fmt: skip
+        )
 
     async def restore(self, ctx: OperationContext) -> dict[str, Any]:
         vm = await self._vm(ctx)

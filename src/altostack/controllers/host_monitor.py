@@ -80,10 +80,17 @@ class HostMonitor:
         """Mark silent hosts down and purge the recycle bin when items are due."""
         for host_id in await self.infra.mark_dead_hosts():
             log.warning("host missed its heartbeats", host_id=host_id)
-            await self.events.record(build_event(
-                principal=None, action="host.down", result="failure", resource_type="host",
-                resource_id=host_id, failure_reason="no heartbeat", tenant_id="system",
-            ))  # fmt: skip
+            await self.events.record(
+                build_event(
+                    principal=None,
+                    action="host.down",
+                    result="failure",
+                    resource_type="host",
+                    resource_id=host_id,
+                    failure_reason="no heartbeat",
+                    tenant_id="system",
+                )
+            )
         for vm_id in await self.vms.due_for_purge():
             await self._operation(vm_id, "vm.purge", tenant_id=None)
 
@@ -110,13 +117,19 @@ class HostMonitor:
         for vm_id in sorted(foreign - self._orphans_seen):
             self._orphans_seen.add(vm_id)
             log.warning("orphan VM found", host_id=host_id, vm_id=vm_id)
-            await self.events.record(build_event(
-                principal=None, action="vm.orphan", result="failure", resource_type="vm",
-                resource_id=vm_id, tenant_id="system",
-                failure_reason=f"host {host_id} runs VM {vm_id}, which the database does not "
-                "know; it was left untouched",
-                details={"host_id": host_id, "state": observed[vm_id].get("state")},
-            ))  # fmt: skip
+            await self.events.record(
+                build_event(
+                    principal=None,
+                    action="vm.orphan",
+                    result="failure",
+                    resource_type="vm",
+                    resource_id=vm_id,
+                    tenant_id="system",
+                    failure_reason=f"host {host_id} runs VM {vm_id}, which the database does not "
+                    "know; it was left untouched",
+                    details={"host_id": host_id, "state": observed[vm_id].get("state")},
+                )
+            )
         for vm in known.values():
             await self._reconcile_vm(vm, observed.get(vm.id))
 
@@ -156,11 +169,17 @@ class HostMonitor:
             row.power_state = "stopped"
             row.state = "stopped"
             row.generation += 1
-            uow.events.add(build_event(
-                principal=None, action="vm.guest-shutdown", result="success",
-                resource_type="vm", resource_id=vm.id, tenant_id=vm.tenant_id,
-                details={"source": "reconciler"},
-            ))  # fmt: skip
+            uow.events.add(
+                build_event(
+                    principal=None,
+                    action="vm.guest-shutdown",
+                    result="success",
+                    resource_type="vm",
+                    resource_id=vm.id,
+                    tenant_id=vm.tenant_id,
+                    details={"source": "reconciler"},
+                )
+            )
             await uow.commit()
 
     async def _set_state(self, vm_id: str, state: str) -> None:
@@ -185,7 +204,8 @@ class HostMonitor:
             if row is None:
                 return
             ctx = RequestContext(SYSTEM)
-            self.operations.create(uow, ctx, kind, resource_type="vm", resource_id=vm_id,
-                                   tenant_id=row.tenant_id)  # fmt: skip
+            self.operations.create(
+                uow, ctx, kind, resource_type="vm", resource_id=vm_id, tenant_id=row.tenant_id
+            )
             await uow.commit()
         log.info("reconciling VM", vm_id=vm_id, kind=kind)

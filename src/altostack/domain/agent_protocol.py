@@ -13,9 +13,20 @@ from typing import Any
 
 HEARTBEAT_SUBJECT = "hosts.heartbeat"
 ACTIONS = frozenset(
-    {"ensure_vm", "start_vm", "stop_vm", "reboot_vm", "resize_vm", "reinstall_vm",
-     "set_password", "console", "delete_vm", "list_vms", "host_info"}
-)  # fmt: skip
+    {
+        "ensure_vm",
+        "start_vm",
+        "stop_vm",
+        "reboot_vm",
+        "resize_vm",
+        "reinstall_vm",
+        "set_password",
+        "console",
+        "delete_vm",
+        "list_vms",
+        "host_info",
+    }
+)
 
 
 def agent_subject(host_id: str) -> str:
@@ -30,6 +41,13 @@ def command(action: str, **fields: Any) -> dict[str, Any]:
 
 # Driver error codes after which retrying the same command cannot help.
 PERMANENT_CODES = frozenset(
-    {"InvalidState", "InvalidSpec", "NotSupported", "InsufficientResources", "VmNotFound",
-     "ImageNotFound", "VolumeNotFound"}
-)  # fmt: skip
+    {
+        "InvalidState",
+        "InvalidSpec",
+        "NotSupported",
+        "InsufficientResources",
+        "VmNotFound",
+        "ImageNotFound",
+        "VolumeNotFound",
+    }
+)

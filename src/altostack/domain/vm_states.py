@@ -9,9 +9,17 @@ something the state forbids is a conflict that names the state.
 from __future__ import annotations
 
 TRANSITIONAL = frozenset(
-    {"pending", "starting", "stopping", "rebooting", "migrating", "reinstalling",
-     "resizing", "deleting"}
-)  # fmt: skip
+    {
+        "pending",
+        "starting",
+        "stopping",
+        "rebooting",
+        "migrating",
+        "reinstalling",
+        "resizing",
+        "deleting",
+    }
+)
 STATES = TRANSITIONAL | {"running", "stopped", "deleted", "error"}
 
 # verb → states it may start from

@@ -93,8 +93,9 @@ class ApiKeyService:
 
     async def _load(self, uow: UnitOfWork, ctx: RequestContext, key_id: str, perm: str) -> ApiKey:
         key = await uow.session.get(ApiKey, key_id)
-        authz.require(ctx, perm, tenant_id=key.tenant_id if key else None, kind="API key",
-                      ident=key_id)  # fmt: skip
+        authz.require(
+            ctx, perm, tenant_id=key.tenant_id if key else None, kind="API key", ident=key_id
+        )
         assert key is not None
         foreign = key.user_id != ctx.principal.user_id
         if foreign and not perm.endswith(":read") and not authz.can(ctx.principal, "user:update"):

@@ -88,9 +88,13 @@ class ImageService:
             op = None
             if source_url is not None:
                 op = self.operations.create(
-                    uow, ctx, "image.import", resource_type="image", resource_id=image.id,
+                    uow,
+                    ctx,
+                    "image.import",
+                    resource_type="image",
+                    resource_id=image.id,
                     input={"url": source_url},
-                )  # fmt: skip
+                )
             await uow.commit()
         return image_view(image), op
 
@@ -131,8 +135,11 @@ class ImageService:
                     Image.visibility == "shared",
                 )
             )
-        for column, value in ((Image.state, state), (Image.visibility, visibility),
-                              (Image.name, name)):  # fmt: skip
+        for column, value in (
+            (Image.state, state),
+            (Image.visibility, visibility),
+            (Image.name, name),
+        ):
             if value:
                 where.append(column == value)
         async with self.db.uow(write=False) as uow:
@@ -244,10 +251,11 @@ class ImageService:
         async with self.db.uow() as uow:
             image = await self._load(uow, ctx, image_id, "image:delete")
             in_use = await uow.session.scalar(
-                Vm.__table__.select().with_only_columns(Vm.id).where(
-                    Vm.image_id == image_id, Vm.state != "deleted"
-                ).limit(1)
-            )  # fmt: skip
+                Vm.__table__.select()
+                .with_only_columns(Vm.id)
+                .where(Vm.image_id == image_id, Vm.state != "deleted")
+                .limit(1)
+            )
             if in_use is not None:
                 raise Conflict(f"image {image_id} is used by VM {in_use}; delete the VMs first")
             await uow.session.delete(image)

@@ -83,9 +83,12 @@ class OperationService:
         async with self.db.uow(write=False) as uow:
             op = await uow.operations.get(op_id)
         authz.require(
-            ctx, "operation:read", tenant_id=op.tenant_id if op else None,
-            kind="operation", ident=op_id,
-        )  # fmt: skip
+            ctx,
+            "operation:read",
+            tenant_id=op.tenant_id if op else None,
+            kind="operation",
+            ident=op_id,
+        )
         assert op is not None
         return op
 

@@ -86,9 +86,12 @@ class PlacementService:
             if exists is not None:
                 raise Conflict(f"a placement group named {name!r} already exists")
             group = PlacementGroup(
-                id=new_id("pg"), tenant_id=ctx.principal.tenant_id, name=name,
-                policy=policy, mode=mode,
-            )  # fmt: skip
+                id=new_id("pg"),
+                tenant_id=ctx.principal.tenant_id,
+                name=name,
+                policy=policy,
+                mode=mode,
+            )
             uow.session.add(group)
             await uow.commit()
         return group_view(group)
@@ -97,8 +100,13 @@ class PlacementService:
         self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
     ) -> PlacementGroup:
         group = await uow.session.get(PlacementGroup, group_id)
-        authz.require(ctx, perm, tenant_id=group.tenant_id if group else None,
-                      kind="placement group", ident=group_id)  # fmt: skip
+        authz.require(
+            ctx,
+            perm,
+            tenant_id=group.tenant_id if group else None,
+            kind="placement group",
+            ident=group_id,
+        )
         assert group is not None
         return group
 
@@ -207,10 +215,15 @@ class PlacementService:
         plan: Plan | None = None
         for attempt in range(MAX_ATTEMPTS):
             request = PlacementRequest(
-                request_id=f"{vm_id}:{attempt}", vcpus=vcpus, memory_mib=memory_mib,
-                disk_gib=disk_gib, gpus=gpus, arch=cast(Any, arch), group=group_view_,
+                request_id=f"{vm_id}:{attempt}",
+                vcpus=vcpus,
+                memory_mib=memory_mib,
+                disk_gib=disk_gib,
+                gpus=gpus,
+                arch=cast(Any, arch),
+                group=group_view_,
                 exclude_hosts=frozenset(tried),
-            )  # fmt: skip
+            )
             plan = self.planner.plan(request, list(self._hosts.values()), self._clusters)
             if plan.host_id is None:
                 if attempt == 0 or not tried - exclude:
@@ -274,8 +287,13 @@ class PlacementService:
             except IntegrityError:
                 ok = False
         if not ok:
-            await self.release(uow, Claim(host_id, "", request.vcpus, request.memory_mib,
-                                          request.disk_gib, request.gpus), vm_id)  # fmt: skip
+            await self.release(
+                uow,
+                Claim(
+                    host_id, "", request.vcpus, request.memory_mib, request.disk_gib, request.gpus
+                ),
+                vm_id,
+            )
         return ok
 
     async def release(

@@ -19,9 +19,19 @@ from altostack.services import authz
 from altostack.services.context import RequestContext
 
 QUOTA_RESOURCES = (
-    "vcpus", "memory_mib", "vms", "disks", "disk_gib", "snapshots", "vpcs", "eips",
-    "security_groups", "nat_gateways", "load_balancers", "api_keys",
-)  # fmt: skip
+    "vcpus",
+    "memory_mib",
+    "vms",
+    "disks",
+    "disk_gib",
+    "snapshots",
+    "vpcs",
+    "eips",
+    "security_groups",
+    "nat_gateways",
+    "load_balancers",
+    "api_keys",
+)
 
 DEFAULT_LIMITS: dict[str, int] = {
     "vcpus": 64,

@@ -73,8 +73,9 @@ def vm_view(vm: Vm) -> dict[str, Any]:
 
 
 def claim_of(vm: Vm) -> Claim:
-    return Claim(vm.host_id or "", vm.cluster_id or "", vm.vcpus, vm.memory_mib,
-                 vm.root_disk_gib, vm.gpus)  # fmt: skip
+    return Claim(
+        vm.host_id or "", vm.cluster_id or "", vm.vcpus, vm.memory_mib, vm.root_disk_gib, vm.gpus
+    )
 
 
 def _hostname(name: str) -> str:
@@ -169,9 +170,15 @@ class VmService:
     ) -> tuple[Vm, Operation]:
         vm_id = new_id("vm")
         claim = await self.placement.place(
-            uow, vm_id=vm_id, vcpus=itype.vcpus, memory_mib=itype.memory_mib,
-            disk_gib=disk, gpus=itype.gpus, arch=image.arch, group=group,
-        )  # fmt: skip
+            uow,
+            vm_id=vm_id,
+            vcpus=itype.vcpus,
+            memory_mib=itype.memory_mib,
+            disk_gib=disk,
+            gpus=itype.gpus,
+            arch=image.arch,
+            group=group,
+        )
         vm = Vm(
             id=vm_id,
             tenant_id=ctx.principal.tenant_id,
@@ -200,17 +207,27 @@ class VmService:
         )
         uow.session.add(vm)
         op = self.operations.create(
-            uow, ctx, "vm.create", resource_type="vm", resource_id=vm_id,
+            uow,
+            ctx,
+            "vm.create",
+            resource_type="vm",
+            resource_id=vm_id,
             input={"password": req.get("password")} if req.get("password") else {},
-        )  # fmt: skip
+        )
         ctx.audit.resource_id = vm_id
         return vm, op
 
     # ---- reads -----------------------------------------------------------------------
     async def load(self, uow: UnitOfWork, ctx: RequestContext, vm_id: str, perm: str) -> Vm:
         vm = await uow.session.get(Vm, vm_id)
-        authz.require(ctx, perm, tenant_id=vm.tenant_id if vm else None, kind="VM",
-                      ident=vm_id, tags=vm.tags if vm else None)  # fmt: skip
+        authz.require(
+            ctx,
+            perm,
+            tenant_id=vm.tenant_id if vm else None,
+            kind="VM",
+            ident=vm_id,
+            tags=vm.tags if vm else None,
+        )
         assert vm is not None
         return vm
 
@@ -252,8 +269,11 @@ class VmService:
             items: list[Vm] = []
             while len(items) < limit:
                 page = await page_of(uow.session, Vm, where, limit=limit, cursor=cursor)
-                items += [v for v in page.items if all((v.tags or {}).get(k) == x
-                                                        for k, x in scope.items())]  # fmt: skip
+                items += [
+                    v
+                    for v in page.items
+                    if all((v.tags or {}).get(k) == x for k, x in scope.items())
+                ]
                 cursor = page.next_cursor
                 if cursor is None:
                     break
@@ -281,9 +301,13 @@ class VmService:
             vm.generation += 1
             vm.reason = None
             op = self.operations.create(
-                uow, ctx, f"vm.{verb.replace('-', '_')}", resource_type="vm",
-                resource_id=vm.id, input=op_input,
-            )  # fmt: skip
+                uow,
+                ctx,
+                f"vm.{verb.replace('-', '_')}",
+                resource_type="vm",
+                resource_id=vm.id,
+                input=op_input,
+            )
             await uow.commit()
         return vm, op
 
@@ -363,8 +387,11 @@ class VmService:
                 f"host of VM {vm.id} lacks room for {itype.name}; migration comes later",
                 extra={"current_state": vm.state},
             )
-        previous = {"instance_type_id": vm.instance_type_id, "vcpus": vm.vcpus,
-                    "memory_mib": vm.memory_mib}  # fmt: skip
+        previous = {
+            "instance_type_id": vm.instance_type_id,
+            "vcpus": vm.vcpus,
+            "memory_mib": vm.memory_mib,
+        }
         vm.instance_type_id, vm.instance_type = itype.id, itype.name
         vm.vcpus, vm.memory_mib = itype.vcpus, itype.memory_mib
         return {
@@ -443,5 +470,9 @@ class VmService:
         body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
         mac = hmac.new(self.console_key, body.encode(), hashlib.sha256).hexdigest()
         token = f"{body}.{mac}"
-        return {"url": f"/v1/console/vnc?token={token}", "token": token,
-                "expires_at": expires, "protocol": "vnc"}  # fmt: skip
+        return {
+            "url": f"/v1/console/vnc?token={token}",
+            "token": token,
+            "expires_at": expires,
+            "protocol": "vnc",
+        }
