@@ -7,11 +7,14 @@ from typing import Any
 
 SAMPLE_STRING = "sample-pass-1"  # satisfies the name patterns and the password rules
 SELF_SERVICE = {
+    ("POST", "/v1/hosts/register"),  # authenticated by a cluster join token, not a user
     ("POST", "/v1/auth/tokens"),
     ("DELETE", "/v1/auth/tokens/current"),
     ("POST", "/v1/users/me/actions/change-password"),
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+# Platform inventory and catalogues: not any tenant's, so not part of tenant isolation.
+PLATFORM_COLLECTIONS = {"regions", "clusters", "hosts", "instance-types"}
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,63 @@ from typing import Any
 
 import pytest
 
+from altostack.domain.permissions import PLATFORM_ONLY
 from altostack.services.auth import principal_for
 from altostack.services.context import RequestContext
+from tests.compute.conftest import create_vm, wait_op
+from tests.conftest import make_settings
 from tests.identity.helpers import make_tenant, make_user
-from tests.identity.matrix import MUTATING, SELF_SERVICE, body_for, fill, routes
+from tests.identity.matrix import (
+    MUTATING,
+    PLATFORM_COLLECTIONS,
+    SELF_SERVICE,
+    body_for,
+    fill,
+    routes,
+)
+
+
+@pytest.fixture
+def settings(db_url, tmp_path):
+    return make_settings(db_url, tmp_path, sim_hosts=1)
+
+
+async def _platform_ids(client, admin) -> dict[str, str]:
+    regions = (await client.get("/v1/regions", headers=admin)).json()["items"]
+    clusters = (await client.get("/v1/clusters", headers=admin)).json()["items"]
+    hosts = (await client.get("/v1/hosts", headers=admin)).json()["items"]
+    types = (await client.get("/v1/instance-types", headers=admin)).json()["items"]
+    return {
+        "regions": regions[0]["id"],
+        "clusters": clusters[0]["id"],
+        "hosts": hosts[0]["id"],
+        "instance-types": types[0]["id"],
+    }
+
+
+async def _compute_ids(client, owner) -> dict[str, str]:
+    image = (await client.post("/v1/images", json={"name": "private"}, headers=owner)).json()
+    r = await client.put(
+        f"/v1/images/{image['id']}/file",
+        content=b"\x01" * 1024,
+        headers={**owner, "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    group = (
+        await client.post(
+            "/v1/placement-groups", json={"name": "g", "policy": "anti-affinity"}, headers=owner
+        )
+    ).json()
+    vm = await create_vm(client, owner, "a-vm", placement_group_id=group["id"])
+    binned = await create_vm(client, owner, "a-binned")
+    r = await client.delete(f"/v1/vms/{binned['id']}", headers=owner)
+    await wait_op(client, owner, r.json()["operation"])
+    return {
+        "images": image["id"],
+        "placement-groups": group["id"],
+        "vms": vm["id"],
+        "recycle-bin": binned["id"],
+    }
 
 
 @pytest.fixture
@@ -37,6 +90,8 @@ async def world(client, admin, container) -> dict[str, Any]:
         op = container.operations.create(uow, ctx, "test.noop", resource_type="test")
         await uow.commit()
     ids = {
+        **await _platform_ids(client, admin),
+        **await _compute_ids(client, owner_a),
         "tenants": tenant_a["id"],
         "users": user["id"],
         "roles": role["id"],
@@ -56,12 +111,16 @@ async def test_other_tenant_gets_404_on_every_route_with_an_id(client, world):
             continue
         url = fill(path, ids)
         r = await client.request(method, url, json=body_for(spec, op), headers=world["owner_b"])
+        if path.split("/")[2] in PLATFORM_COLLECTIONS:
+            if method in MUTATING:  # the platform's own: forbidden, never done
+                assert r.status_code == 403, f"{method} {url}: {r.status_code} {r.text}"
+            continue
         assert r.status_code == 404, f"{method} {url}: {r.status_code} {r.text}"
         checked += 1
     assert checked >= 15
     # Nothing of A's was touched by B's attempts.
     for collection, ident in ids.items():
-        if collection not in ("quotas",):
+        if collection not in ("quotas", "recycle-bin", *PLATFORM_COLLECTIONS):
             r = await client.get(f"/v1/{collection}/{ident}", headers=world["owner_a"])
             assert r.status_code == 200, f"{collection} {ident} was changed: {r.text}"
 
@@ -73,8 +132,9 @@ async def test_other_tenant_never_lists_foreign_items(client, world):
             continue
         r = await client.get(path, headers=world["owner_b"])
         assert r.status_code in (200, 403), f"{path}: {r.status_code} {r.text}"
-        for ident in ids.values():
-            assert ident not in r.text, f"GET {path} shows tenant A's {ident} to tenant B"
+        for collection, ident in ids.items():
+            if collection not in PLATFORM_COLLECTIONS:
+                assert ident not in r.text, f"GET {path} shows tenant A's {ident} to tenant B"
         # and A does see its own things where it can list them
         r = await client.get(path, headers=world["owner_a"])
         assert r.status_code in (200, 403)
@@ -89,7 +149,8 @@ async def test_readonly_reads_everything_and_changes_nothing(client, world):
         url = fill(path, ids)
         r = await client.request(method, url, json=body_for(spec, op), headers=reader)
         permission = op.get("x-permission", "")
-        platform_only = permission.startswith("tenant:") and "{" not in path
+        resource = permission.split(":")[0]
+        platform_only = resource in PLATFORM_ONLY and (resource != "tenant" or "{" not in path)
         if method in MUTATING:
             assert r.status_code == 403, f"{method} {url}: {r.status_code} {r.text}"
         elif platform_only:
