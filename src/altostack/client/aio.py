@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
@@ -130,6 +131,82 @@ class AsyncClient(BaseClient):
 
     async def delete(self, path: str, **kwargs: Any) -> Any:
         return await self.request("DELETE", path, **kwargs)
+
+    # -- raw bodies (image files) ---------------------------------------------------
+
+    async def send_content(
+        self,
+        method: str,
+        path: str,
+        content: bytes | AsyncIterable[bytes],
+        *,
+        params: QueryArg = None,
+        content_type: str = "application/octet-stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send a raw body once (a streamed body cannot be replayed); see ``Client``."""
+        method = method.upper()
+        extra = {"Content-Type": content_type, **(headers or {})}
+        request = self._http.build_request(
+            method,
+            path,
+            params=self._params(params),
+            content=content,
+            headers=self._headers(method, None, extra),
+            timeout=self._request_timeout(timeout),
+        )
+        try:
+            return await self._http.send(request, auth=self._auth)
+        except httpx.TransportError as exc:
+            raise TransportFailure(
+                f"{method} {self.base_url}{path}: {exc or type(exc).__name__}", attempts=1
+            ) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryArg = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """A successful answer read as it arrives (``aiter_bytes()``); see ``Client``."""
+        method = method.upper()
+        request = self._http.build_request(
+            method,
+            path,
+            params=self._params(params),
+            headers=self._headers(method, None, headers),
+            timeout=self._request_timeout(timeout),
+        )
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request, auth=self._auth, stream=True)
+            except httpx.TransportError as exc:
+                delay = self.retry.after_error(attempt, exc)
+                if delay is None:
+                    raise TransportFailure(
+                        f"{method} {self.base_url}{path}: {exc or type(exc).__name__}",
+                        attempts=attempt + 1,
+                    ) from exc
+            else:
+                delay = self.retry.after_response(attempt, response)
+                if delay is None:
+                    break
+                await response.aclose()
+            attempt += 1
+            await self._sleep(delay)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                self.decode(response)  # raises the typed error
+            yield response
+        finally:
+            await response.aclose()
 
     # -- collections ----------------------------------------------------------------
 

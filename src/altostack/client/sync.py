@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -131,6 +132,91 @@ class Client(BaseClient):
 
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
+
+    # -- raw bodies (image files) ---------------------------------------------------
+
+    def send_content(
+        self,
+        method: str,
+        path: str,
+        content: bytes | Iterable[bytes],
+        *,
+        params: QueryArg = None,
+        content_type: str = "application/octet-stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send a raw body, e.g. an image file streamed from an iterator of chunks.
+
+        Unlike :meth:`send` this is tried once: a streamed body is used up by the first
+        try and cannot be replayed. With an API key httpx reads the whole body first,
+        because the signature covers its hash.
+        """
+        method = method.upper()
+        extra = {"Content-Type": content_type, **(headers or {})}
+        request = self._http.build_request(
+            method,
+            path,
+            params=self._params(params),
+            content=content,
+            headers=self._headers(method, None, extra),
+            timeout=self._request_timeout(timeout),
+        )
+        try:
+            return self._http.send(request, auth=self._auth)
+        except httpx.TransportError as exc:
+            raise TransportFailure(
+                f"{method} {self.base_url}{path}: {exc or type(exc).__name__}", attempts=1
+            ) from exc
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryArg = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """A successful answer whose body is read as it arrives (``iter_bytes()``), for
+        downloads too large to hold in memory; an error answer raises its ``ApiError``.
+
+        Connection failures and 503 before the body starts are retried like :meth:`send`.
+        """
+        method = method.upper()
+        request = self._http.build_request(
+            method,
+            path,
+            params=self._params(params),
+            headers=self._headers(method, None, headers),
+            timeout=self._request_timeout(timeout),
+        )
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request, auth=self._auth, stream=True)
+            except httpx.TransportError as exc:
+                delay = self.retry.after_error(attempt, exc)
+                if delay is None:
+                    raise TransportFailure(
+                        f"{method} {self.base_url}{path}: {exc or type(exc).__name__}",
+                        attempts=attempt + 1,
+                    ) from exc
+            else:
+                delay = self.retry.after_response(attempt, response)
+                if delay is None:
+                    break
+                response.close()
+            attempt += 1
+            self._sleep(delay)
+        try:
+            if response.status_code >= 400:
+                response.read()
+                self.decode(response)  # raises the typed error
+            yield response
+        finally:
+            response.close()
 
     # -- collections ----------------------------------------------------------------
 
