@@ -107,6 +107,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "agent_timeout_seconds": 2.0,
     }
     values.update(overrides)
+    values.setdefault("seed", values["sim_hosts"] > 0)
     return Settings(**values)
 
 

@@ -83,11 +83,13 @@ class Container:
             await self.worker.start()
             self.janitor.start()
             await self.host_monitor.start()
-        if self.settings.driver == "sim" and self.settings.sim_hosts > 0:
+        if self.settings.seed:
             from altostack import allinone
 
             cluster = await allinone.seed(self)
-            self.agents = await allinone.start_local_hosts(self, cluster, self.settings.sim_hosts)
+            if self.settings.driver == "sim" and self.settings.sim_hosts > 0:
+                hosts = self.settings.sim_hosts
+                self.agents = await allinone.start_local_hosts(self, cluster, hosts)
         self.started = True
 
     async def stop(self) -> None:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     bus: str = Field("memory://", description="memory:// or nats://host:port")
     driver: Literal["sim", "qemu"] = "sim"
     sim_hosts: int = Field(1, ge=0, le=10000)
+    seed: bool = Field(
+        True, description="Give an empty cloud a region, a cluster, instance types and an image"
+    )
 
     bootstrap_admin_password: SecretStr | None = None
     token_ttl_seconds: int = Field(12 * 3600, ge=60)

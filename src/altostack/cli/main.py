@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from altostack.cli.commands import (
+    agent,
     apikeys,
     config,
     events,
@@ -79,6 +80,7 @@ def up(
 
 session.register(app)
 events.register(app)
+agent.register(app)
 app.add_typer(ops.app, name="ops")
 app.add_typer(config.app, name="config")
 app.add_typer(tenants.app, name="tenant")

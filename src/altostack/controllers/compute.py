@@ -128,10 +128,13 @@ class ComputeController:
         return vm
 
     async def call(
-        self, host_id: str, action: str, *, extra_timeout: float = 0.0, **fields: Any
+        self, host_id: str, action: str, *, slow: float = 1.0, extra: float = 0.0, **fields: Any
     ) -> dict[str, Any]:
-        """One command to a host agent; silence becomes a retryable failure."""
-        timeout = self.agent_timeout + extra_timeout
+        """One command to a host agent; silence becomes a retryable failure.
+
+        Commands that boot or stop guests take longer: ``slow`` multiplies the agent
+        timeout, ``extra`` adds seconds the caller itself grants (a graceful stop)."""
+        timeout = self.agent_timeout * slow + extra
         try:
             reply = await self.bus.request(
                 agent_subject(host_id), command(action, **fields), timeout=timeout
@@ -151,7 +154,7 @@ class ComputeController:
 
     async def ensure(self, vm: Vm, power_state: str | None) -> dict[str, Any]:
         spec = vm_spec(vm, power_state=power_state)
-        return await self.call(vm.host_id or "", "ensure_vm", spec=spec, extra_timeout=90)
+        return await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
 
     async def _observe(
         self, vm_id: str, status: dict[str, Any] | None, **changes: Any
@@ -179,7 +182,7 @@ class ComputeController:
             raise PermanentError(f"VM {vm.id} was deleted before it was created")
         spec = vm_spec(vm, password=ctx.input.get("password"))
         await ctx.progress(10)
-        reply = await self.call(vm.host_id or "", "ensure_vm", spec=spec, extra_timeout=60)
+        reply = await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
         return await self._observe(vm.id, reply["status"], reason=None)
 
     async def reconcile(self, ctx: OperationContext) -> dict[str, Any]:
@@ -204,19 +207,19 @@ class ComputeController:
             vm_id=vm.id,
             timeout=timeout,
             force=bool(ctx.input.get("force")),
-            extra_timeout=timeout + 30,
+            extra=timeout, slow=2,
         )
         return await self._observe(vm.id, reply["status"])
 
     async def reboot(self, ctx: OperationContext) -> dict[str, Any]:
         vm = await self._vm(ctx)
-        reply = await self.call(vm.host_id or "", "reboot_vm", vm_id=vm.id, extra_timeout=60)
+        reply = await self.call(vm.host_id or "", "reboot_vm", vm_id=vm.id, slow=4)
         return await self._observe(vm.id, reply["status"])
 
     async def reinstall(self, ctx: OperationContext) -> dict[str, Any]:
         vm = await self._vm(ctx)
         spec = vm_spec(vm, power_state="stopped", password=ctx.input.get("password"))
-        reply = await self.call(vm.host_id or "", "reinstall_vm", spec=spec, extra_timeout=120)
+        reply = await self.call(vm.host_id or "", "reinstall_vm", spec=spec, slow=6)
         return await self._observe(vm.id, reply["status"])
 
     async def resize(self, ctx: OperationContext) -> dict[str, Any]:
@@ -234,7 +237,7 @@ class ComputeController:
         if ctx.input.get("was_running") and not ctx.checkpoint.get("stopped"):
             if not ctx.input.get("allow_restart") and not live:
                 raise PermanentError("the VM must restart to resize; allow_restart was false")
-            await self.call(host, "stop_vm", vm_id=vm.id, timeout=60.0, extra_timeout=90)
+            await self.call(host, "stop_vm", vm_id=vm.id, timeout=60.0, slow=4)
             await ctx.progress(40, {"stopped": True})
         await self.call(
             host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, live=False
@@ -242,7 +245,7 @@ class ComputeController:
         await ctx.progress(70, {"resized": True})
         power = "running" if ctx.input.get("was_running") else "stopped"
         reply = await self.call(
-            host, "ensure_vm", spec=vm_spec(vm, power_state=power), extra_timeout=60
+            host, "ensure_vm", spec=vm_spec(vm, power_state=power), slow=4
         )
         return await self._observe(vm.id, reply["status"])
 
@@ -281,7 +284,7 @@ class ComputeController:
         if vm is None:
             return {"purged": True}
         if vm.host_id:
-            await self.call(vm.host_id, "delete_vm", vm_id=vm.id, extra_timeout=60)
+            await self.call(vm.host_id, "delete_vm", vm_id=vm.id, slow=4)
         async with self.db.uow() as uow:
             row = await uow.session.get(Vm, vm.id)
             if row is not None:

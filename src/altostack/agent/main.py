@@ -1,0 +1,93 @@
+"""``alto agent``: a host agent as its own process (cluster deployments).
+
+It joins the cluster over HTTP with the join token (getting its host id and the bus URL),
+then speaks only over the bus. Restarting it is harmless: it re-joins under the same
+hostname (same host id), reports what it finds, and the controllers reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import structlog
+
+from altostack.agent.agent import Agent
+from altostack.agent.codec import host_info_to_dict
+from altostack.bus import connect
+from altostack.drivers.compute.base import ComputeDriver
+from altostack.drivers.compute.sim import SimComputeDriver
+from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.timings import SimTimings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    join_url: str
+    token: str
+    hostname: str = socket.gethostname()
+    driver: str = "sim"
+    bus: str | None = None
+    heartbeat_interval: float = 5.0
+    sim_timing_scale: float = 1.0
+    state_dir: Path | None = None
+
+
+def build_driver(options: AgentOptions) -> ComputeDriver:
+    if options.driver == "sim":
+        hypervisor = SimHypervisor(SimHostConfig(hostname=options.hostname))
+        return SimComputeDriver(hypervisor, timings=SimTimings().scaled(options.sim_timing_scale))
+    raise SystemExit(f"driver {options.driver!r} is not available yet (use --driver sim)")
+
+
+async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, str]:
+    """Join the cluster; returns (host id, bus URL). Retries while the API is unreachable."""
+    report = host_info_to_dict(await driver.host_info())
+    report["hostname"] = options.hostname
+    report["join_token"] = options.token
+    report["capabilities"] = dataclasses.asdict(driver.capabilities)
+    url = options.join_url.rstrip("/") + "/v1/hosts/register"
+    delay = 0.5
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for _ in range(30):
+            try:
+                r = await client.post(url, json=report)
+            except httpx.TransportError as exc:
+                log.warning("control plane unreachable; retrying", url=url, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if r.status_code != 201:
+                raise SystemExit(f"joining failed: {r.status_code} {r.text}")
+            body = r.json()
+            return str(body["host"]["id"]), str(options.bus or body["bus"])
+    raise SystemExit(f"could not reach {url}")
+
+
+async def run(options: AgentOptions) -> None:
+    driver = build_driver(options)
+    host_id, bus_url = await register(options, driver)
+    if bus_url.startswith("memory://"):
+        raise SystemExit(
+            "the control plane uses an in-process bus; an agent in another process needs a "
+            "shared bus: start it with `alto up --bus nats://…` (or pass --bus)"
+        )
+    bus = connect(bus_url)
+    agent = Agent(host_id, bus, driver, heartbeat_interval=options.heartbeat_interval)
+    await agent.start()
+    log.info("agent joined", host_id=host_id, hostname=options.hostname, bus=bus_url)
+    print(f"agent of {options.hostname} joined as {host_id}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await agent.stop()
+    await bus.close()
