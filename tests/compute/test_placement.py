@@ -130,3 +130,41 @@ async def test_validation_errors_name_the_field(client, owner):
         r = await client.post("/v1/vms", json=body, headers=owner)
         assert r.status_code in (400, 422), (field, r.text)
         assert r.json()["errors"][0]["field"] == field, r.json()
+
+
+async def test_gpus_are_assigned_whole_and_once(client, admin, owner):
+    cluster = (await client.get("/v1/clusters", headers=admin)).json()["items"][0]
+    token = (
+        await client.post(f"/v1/clusters/{cluster['id']}/actions/join-token", headers=admin)
+    ).json()
+    gpus = [{"pci_address": f"0000:8{i}:00.0", "model": "A100"} for i in range(2)]
+    r = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": token["join_token"],
+            "hostname": "gpu-1",
+            "arch": "x86_64",
+            "cores": 32,
+            "memory_mib": 262144,
+            "disk_gib": 1000,
+            "gpus": gpus,
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/instance-types",
+        json={"name": "g1.large", "vcpus": 8, "memory_mib": 16384, "gpus": 1},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    image = await image_id(client, owner)
+    body = {"instance_type": "g1.large", "image_id": image}
+    first = await client.post("/v1/vms", json={"name": "g-1", **body}, headers=owner)
+    second = await client.post("/v1/vms", json={"name": "g-2", **body}, headers=owner)
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
+    a, b = first.json()["vm"], second.json()["vm"]
+    assert a["host_id"] == b["host_id"]
+    assert len(a["gpu_addresses"]) == len(b["gpu_addresses"]) == 1
+    assert a["gpu_addresses"] != b["gpu_addresses"]
+    third = await client.post("/v1/vms", json={"name": "g-3", **body}, headers=owner)
+    assert third.status_code == 409 and "GPU" in third.json()["detail"], third.json()

@@ -228,6 +228,7 @@ class VmOut(BaseModel):
     memory_mib: int
     root_disk_gib: int
     gpus: int
+    gpu_addresses: list[str] = []
     image_id: str
     arch: str
     host_id: str | None

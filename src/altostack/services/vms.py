@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, select
 
 from altostack.db.database import Database
 from altostack.db.models import Operation
-from altostack.db.models_compute import Image, InstanceType, PlacementGroup, Vm
+from altostack.db.models_compute import Host, Image, InstanceType, PlacementGroup, Vm
 from altostack.db.repositories import Page, page_of
 from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
@@ -56,6 +56,7 @@ def vm_view(vm: Vm) -> dict[str, Any]:
         "memory_mib": vm.memory_mib,
         "root_disk_gib": vm.root_disk_gib,
         "gpus": vm.gpus,
+        "gpu_addresses": list(vm.gpu_addresses or []),
         "image_id": vm.image_id,
         "arch": vm.arch,
         "host_id": vm.host_id,
@@ -190,7 +191,7 @@ class VmService:
             memory_mib=itype.memory_mib,
             root_disk_gib=disk,
             gpus=itype.gpus,
-            gpu_addresses=[],
+            gpu_addresses=await self._pick_gpus(uow, claim.host_id, itype.gpus),
             image_id=image.id,
             arch=image.arch,
             host_id=claim.host_id,
@@ -216,6 +217,25 @@ class VmService:
         )
         ctx.audit.resource_id = vm_id
         return vm, op
+
+    async def _pick_gpus(self, uow: UnitOfWork, host_id: str, count: int) -> list[str]:
+        """Free PCI addresses on the host. The claim's UPDATE holds the host row until
+        commit, so VMs placed concurrently on this host cannot pick the same devices."""
+        if count == 0:
+            return []
+        host = await uow.session.get(Host, host_id)
+        devices = [str(g["pci_address"]) for g in (host.gpus if host else [])]
+        taken = {
+            address
+            for addresses in await uow.session.scalars(
+                select(Vm.gpu_addresses).where(Vm.host_id == host_id, Vm.gpus > 0)
+            )
+            for address in addresses or []
+        }
+        free = [d for d in devices if d not in taken]
+        if len(free) < count:
+            raise Conflict(f"host {host_id} has {len(free)} free GPU(s), {count} needed")
+        return free[:count]
 
     # ---- reads -----------------------------------------------------------------------
     async def load(self, uow: UnitOfWork, ctx: RequestContext, vm_id: str, perm: str) -> Vm:
