@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from altostack.bus import Message, connect
+from altostack.bus import Message, connect, nats_subscription
 from altostack.bus.nats import NatsBus, NatsBusSubscription, RemoteError
 from tests.support.nats import FailingInbox, Inbox, NatsBuses, NatsServer, nats_admin, running_nats
 
@@ -125,7 +125,17 @@ async def test_failed_handler_gets_the_event_again_until_it_succeeds(buses: Nats
     assert sorted(m.data["i"] for m in done.messages) == [0, 1, 2]
 
 
-async def test_redelivery_stops_after_max_deliver(buses: NatsBuses) -> None:
+class _Silent:
+    """A logger that costs nothing: rendering tracebacks would blur the retry timing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+async def test_redelivery_backs_off_and_stops_after_max_deliver(
+    buses: NatsBuses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nats_subscription, "log", _Silent())
     broken = FailingInbox()
     calls: list[float] = []
 
@@ -133,12 +143,14 @@ async def test_redelivery_stops_after_max_deliver(buses: NatsBuses) -> None:
         calls.append(time.monotonic())
         await broken(message)
 
-    await buses.new(max_deliver=3).subscribe("jobs.bad", always_broken, queue="runners")
+    bus = buses.new(max_deliver=3, retry_delay=0.2)
+    await bus.subscribe("jobs.bad", always_broken, queue="runners")
     await buses.new().publish("jobs.bad", {})
     await broken.wait_for(3)
-    await asyncio.sleep(0.6)  # beyond the next backoff: no fourth attempt
+    await asyncio.sleep(0.9)  # beyond the next backoff (0.8 s): no fourth attempt
     assert len(calls) == 3
-    assert calls[2] - calls[1] > calls[1] - calls[0]  # the retry delay doubles
+    first, second = calls[1] - calls[0], calls[2] - calls[1]
+    assert first >= 0.2 and second >= 0.4, (first, second)  # 0.2 s, then doubled
 
 
 async def test_event_unacked_by_a_dead_member_goes_to_another(buses: NatsBuses) -> None:

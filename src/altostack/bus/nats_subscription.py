@@ -322,6 +322,7 @@ class NatsBusSubscription(Subscription):
 
     async def _answer(self, msg: Msg) -> None:
         headers: dict[str, str] | None = None
+        failure: Exception | None = None
         try:
             message = Message(
                 self.bus.strip(msg.subject), decode(msg.data), user_headers(msg.headers)
@@ -330,14 +331,18 @@ class NatsBusSubscription(Subscription):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("bus responder failed", subject=msg.subject, pattern=self.pattern)
+            failure = exc
             headers = {ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]}
             body = encode({"error": headers[ERROR_HEADER]})
-        try:
+        try:  # answer first: the requester is waiting, the log is not
             assert self._nc is not None
             await self._nc.publish(msg.reply, body, headers=headers)
         except nats.errors.Error as exc:
             log.warning("bus could not send a reply", subject=msg.subject, error=repr(exc))
+        if failure is not None:
+            log.error(
+                "bus responder failed", subject=msg.subject, pattern=self.pattern, exc_info=failure
+            )
 
 
 async def _call(
