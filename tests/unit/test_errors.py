@@ -157,3 +157,21 @@ async def test_domain_error_extra_fields_are_kept(client: httpx.AsyncClient, adm
     r = await client.post("/v1/test/conflict", json={"steps": 1, "step_seconds": 0}, headers=admin)
     body = problem(r, 409, "Conflict")
     assert body["operation_id"].startswith("op-")
+
+
+async def test_nul_characters_are_a_400_not_a_500(client: httpx.AsyncClient, admin: dict[str, str]):
+    """PostgreSQL cannot store or compare text with NUL; found by the OpenAPI fuzz."""
+    for path, params in (
+        ("/v1/operations", {"resource_id": "a\x00b"}),
+        ("/v1/operations", {"kind": "\x00"}),
+        ("/v1/operations", {"cursor": "op-\x00"}),
+        ("/v1/events", {"actor": "x\x00y"}),
+        ("/v1/events", {"action": "\x00"}),
+    ):
+        r = await client.get(path, params=params, headers=admin)
+        assert r.status_code in (200, 400), (path, params, r.text)
+        if r.status_code == 400:
+            body = problem(r, 400, "InvalidRequest")
+            assert "NUL" in body["detail"]
+    r = await client.get("/v1/operations/op-%00", headers=admin)
+    assert r.status_code in (400, 404), r.text

@@ -14,10 +14,11 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from altostack.domain.errors import DomainError, FieldError, ValidationFailed
+from altostack.domain.errors import DomainError, FieldError, InvalidRequest, ValidationFailed
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +107,31 @@ def _field_error(err: dict[str, Any]) -> FieldError:
     return FieldError(_field_name(loc), str(err.get("msg", "invalid")))
 
 
+_BAD_VALUES = {
+    "22021": "text must not contain NUL (\\u0000) characters",  # character_not_in_repertoire
+    "22P05": "text must not contain NUL (\\u0000) characters",  # untranslatable_character
+    "22001": "a text is too long",
+    "22003": "a number is out of range",
+    "22007": "a date or time is not valid",
+    "22008": "a date or time is out of range",
+}
+
+
+def bad_value_reason(exc: DBAPIError) -> str | None:
+    """Why the database refused a value (SQLSTATE class 22, "data exception"), in words
+    safe to show; None when the error is not about a value (then it is a server error).
+
+    Such values (NUL in text is the usual one: PostgreSQL cannot store it) come from the
+    request, so they are the caller's 400, not our 500."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+    if not isinstance(state, str) or not state.startswith("22"):
+        return None
+    return _BAD_VALUES.get(state, "a value is not valid")
+
+
 def validation_errors(exc: RequestValidationError) -> ValidationFailed:
     errors = [_field_error(err) for err in exc.errors()]
     summary = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "invalid request"
@@ -137,6 +163,17 @@ def install(app: FastAPI) -> None:
             dict(exc.headers or {}),
         )
 
+    async def on_database(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        reason = bad_value_reason(exc)
+        if reason is None:
+            return await on_crash(request, exc)
+        log.warning("database refused a value from the request", path=request.url.path)
+        return from_domain(
+            InvalidRequest(f"the request contains a value the database cannot use: {reason}"),
+            request.url.path,
+        )
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", path=request.url.path, exc_info=exc)
         return problem_response(
@@ -151,4 +188,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(DBAPIError, on_database)
     app.add_exception_handler(Exception, on_crash)
