@@ -10,6 +10,10 @@ import typer
 from altostack.cli.commands import (
     agent,
     apikeys,
+    compute_images,
+    compute_infra,
+    compute_types,
+    compute_vms,
     config,
     events,
     ops,
@@ -88,6 +92,14 @@ app.add_typer(users.app, name="user")
 app.add_typer(roles.app, name="role")
 app.add_typer(apikeys.app, name="apikey")
 app.add_typer(quotas.app, name="quota")
+app.add_typer(compute_infra.regions, name="region")
+app.add_typer(compute_infra.clusters, name="cluster")
+app.add_typer(compute_infra.hosts, name="host")
+app.add_typer(compute_types.app, name="type")
+app.add_typer(compute_images.app, name="image")
+app.add_typer(compute_vms.vms, name="vm")
+app.add_typer(compute_vms.groups, name="group")
+app.add_typer(compute_vms.recycle_bin, name="recycle-bin")
 
 
 def main() -> None:
