@@ -224,11 +224,12 @@ def vm_create(
     body.update({k: v for k, v in optional.items() if v is not None})
     client = state.client()
     response = client.send("POST", BASE, json=body)
-    if count == 1:
-        follow_operation(state, response, "vm", wait=not no_wait, timeout=timeout)
+    answer = client.decode(response)  # raises the API's refusal (quota, capacity, …)
+    if "vms" in answer:
+        _follow_batch(state, answer, wait=not no_wait, timeout=timeout)
         return
-    answer = client.decode(response)
-    _follow_batch(state, answer, wait=not no_wait, timeout=timeout)
+    where = response.headers.get("location") or path_of(BASE, str(answer["vm"]["id"]))
+    follow_operation(state, answer, "vm", wait=not no_wait, timeout=timeout, resource_path=where)
 
 
 def _follow_batch(
