@@ -181,8 +181,8 @@ class NatsBus(Bus):
         try:
             # nats-py retries the initial connect forever when reconnects are unbounded:
             # bound it here, so an unreachable bus is an error the caller sees.
-            await asyncio.wait_for(
-                nc.connect(
+            async with asyncio.timeout(self.connect_timeout):
+                await nc.connect(
                     servers=self.servers,
                     name=self.name,
                     allow_reconnect=True,
@@ -195,9 +195,7 @@ class NatsBus(Bus):
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
-                ),
-                timeout=self.connect_timeout,
-            )
+                )
             js = nc.jetstream(timeout=self.publish_timeout)
             await self._ensure_stream(js)
         except asyncio.CancelledError:

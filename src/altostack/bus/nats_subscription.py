@@ -131,12 +131,17 @@ class NatsBusSubscription(Subscription):
         self._stopping = True
         if self._loop is not None:
             self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
+            await asyncio.wait([self._loop], timeout=2.0)
         for nats_sub in (self._rpc_sub, self._pull_sub):
             if nats_sub is not None:
-                # drain: the server stops sending, events already here are handed back (nak)
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    await nats_sub.drain()  # type: ignore[no-untyped-call]
+                # drain: the server stops sending, events already here are handed back (nak).
+                # Bounded: nats-py waits for its queue without a limit.
+                try:
+                    async with asyncio.timeout(2.0):
+                        await nats_sub.drain()  # type: ignore[no-untyped-call]
+                except (TimeoutError, nats.errors.Error):
+                    with contextlib.suppress(nats.errors.Error):
+                        await nats_sub.unsubscribe()
         if not self.durable and self._nc is not None and self._nc.is_connected:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._nc.jetstream(timeout=1.0).delete_consumer(
@@ -204,7 +209,9 @@ class NatsBusSubscription(Subscription):
         nc, _ = await self.bus.connection()
         wait = self.bus.pull_wait
         backoff, requests = 0.1, 0
-        while True:
+        # ``_stopping`` ends the loop even if a cancellation is swallowed (Python 3.11's
+        # wait_for returns the result when its future completes as the task is cancelled).
+        while not self._stopping:
             while len(self._inflight) >= self.bus.max_inflight:
                 self._slot.clear()
                 await self._slot.wait()
@@ -220,7 +227,8 @@ class NatsBusSubscription(Subscription):
                 body = {"batch": self._remaining, "expires": int(wait * 1e9)}
                 await nc.publish(next_subject, json.dumps(body).encode(), reply=self._current)
                 # Ends on: the batch filled, the server's 404/408/409, or a reconnect.
-                await asyncio.wait_for(self._ended.wait(), wait + 1.0)
+                async with asyncio.timeout(wait + 1.0):
+                    await self._ended.wait()
                 backoff = 0.1
                 continue
             except asyncio.CancelledError:
