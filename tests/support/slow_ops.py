@@ -137,6 +137,26 @@ async def crash_post(ctx: Ctx) -> None:
     raise RuntimeError("SECRET-CRASH-DETAIL in a mutation")
 
 
+#: requests now inside GET /v1/test/sleep (a test can wait until one is surely in flight)
+SLEEPING: list[float] = []
+
+
+@router.get("/sleep", name="test.sleep", include_in_schema=False)
+async def sleep(ctx: Ctx, seconds: float = 1.0) -> dict[str, Any]:
+    """A slow read: stays in flight for ``seconds`` (at most 10)."""
+    SLEEPING.append(seconds)
+    try:
+        await asyncio.sleep(max(0.0, min(seconds, 10.0)))
+    finally:
+        SLEEPING.remove(seconds)
+    return {"slept": seconds}
+
+
+@router.get("/sleeping", name="test.sleeping", include_in_schema=False)
+async def sleeping(ctx: Ctx) -> dict[str, Any]:
+    return {"in_flight": len(SLEEPING)}
+
+
 def altostack_plugin(app: FastAPI, container: Container) -> None:
     """The hook ``api.app.create_app`` calls for every plugin module."""
     container.registry.register(KIND, run_steps)
