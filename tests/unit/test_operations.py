@@ -387,3 +387,52 @@ async def test_freed_capacity_starts_the_next_operation_at_once(db_url: str, tmp
         second = await start_steps(client, admin, steps=1, step_seconds=0)
         assert (await wait_op(client, admin, first["id"], timeout=5))["state"] == "succeeded"
         assert (await wait_op(client, admin, second["id"], timeout=5))["state"] == "succeeded"
+
+
+async def test_a_long_step_keeps_its_lease(db_url: str, tmp_path: Path):
+    """A handler busy for longer than the lease keeps it (renewed in the background), so
+    a second worker does not run the operation twice."""
+    settings = plugin_settings(db_url, tmp_path, operation_lease_seconds=0.6)
+    async with serve(settings) as (c, client, admin):
+        rival = OperationWorker(c.db, c.bus, c.registry, c.settings, c.events)
+        await rival.start()
+        try:
+            op = await start_steps(client, admin, steps=1, step_seconds=2.0)
+            done = await wait_op(client, admin, op["id"], timeout=15)
+        finally:
+            await rival.stop()
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 1
+    assert EXECUTIONS[op["id"]] == [0]
+
+
+async def test_a_worker_that_lost_its_lease_stops_without_writing(db_url: str, tmp_path: Path):
+    """A worker that cannot renew (hung, partitioned) loses the operation to another; its
+    next write is refused (LeaseLost) and it stops instead of racing the new owner."""
+    settings = plugin_settings(db_url, tmp_path, operation_lease_seconds=0.5)
+    async with serve(settings) as (c, client, admin):
+        stuck = c.worker
+
+        async def no_renewal(*_args: Any) -> None:
+            await asyncio.Event().wait()
+
+        stuck._renew = no_renewal  # type: ignore[method-assign]
+        op = await start_steps(client, admin, steps=3, step_seconds=0.8)
+        await wait_until(lambda: progress_or_running(client, admin, op["id"]))
+        rival = OperationWorker(c.db, c.bus, c.registry, c.settings, c.events)
+        await rival.start()
+        try:
+            done = await wait_op(client, admin, op["id"], timeout=15)
+            await wait_until(lambda: asyncio.sleep(0, not stuck._running), timeout=5)
+        finally:
+            await rival.stop()
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 2
+    # The stuck worker finished its step in flight, found the lease gone and stopped; the
+    # new owner redid that step (nothing was checkpointed) and the rest, once each.
+    assert EXECUTIONS[op["id"]] == [0, 0, 1, 2]
+    assert done["result"]["resumed_from"] == 0
+
+
+async def progress_or_running(client: httpx.AsyncClient, admin: dict[str, str], op_id: str) -> bool:
+    return (await get_op(client, admin, op_id))["state"] == "running"
