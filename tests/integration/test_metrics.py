@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -71,3 +72,14 @@ async def test_metrics_count_requests_by_route_template_and_operations_by_state(
 async def test_metrics_and_health_need_no_auth(client: httpx.AsyncClient):
     for path in ("/metrics", "/healthz", "/readyz"):
         assert (await client.get(path)).status_code == 200, path
+
+
+async def test_readyz_reports_a_dependency_that_is_down(container: Any, client: httpx.AsyncClient):
+    await container.bus.close()
+    r = await client.get("/readyz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["bus"].startswith("unavailable")
+    assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
