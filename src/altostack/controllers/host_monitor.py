@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
-from altostack.bus import Bus, Message
+from altostack.bus import Bus, Message, Subscription
 from altostack.db.database import Database
 from altostack.db.models import Operation
 from altostack.db.models_compute import Vm
@@ -55,12 +55,18 @@ class HostMonitor:
         self.interval = interval
         self._orphans_seen: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        await self.bus.subscribe(HEARTBEAT_SUBJECT, self.on_heartbeat, queue="host-monitor")
+        self._sub = await self.bus.subscribe(
+            HEARTBEAT_SUBJECT, self.on_heartbeat, queue="host-monitor"
+        )
         self._task = asyncio.create_task(self._loop(), name="host-monitor")
 
     async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
