@@ -144,7 +144,7 @@ async def test_request_to_a_failing_responder_raises_not_hangs(make_bus: MakeBus
     with pytest.raises(Exception, match="boom: disk full") as raised:
         await caller.request("agent.h2.ensure", {}, timeout=2)
     assert not isinstance(raised.value, TimeoutError)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.0  # the request's timeout
 
 
 async def test_failing_handler_breaks_neither_publisher_nor_other_subscribers(

@@ -13,6 +13,7 @@ import pytest
 from altostack.bus import Message, connect, nats_subscription
 from altostack.bus.nats import NatsBus, NatsBusSubscription, RemoteError
 from tests.support.nats import FailingInbox, Inbox, NatsBuses, NatsServer, nats_admin, running_nats
+from tests.support.real import free_port
 
 pytestmark = pytest.mark.real
 
@@ -51,14 +52,12 @@ async def test_invalid_subjects_are_refused(buses: NatsBuses) -> None:
         await bus.subscribe("a.>.b", Inbox())
 
 
-async def test_unreachable_server_is_a_connection_error(buses: NatsBuses) -> None:
-    from tests.support.real import free_port
-
+async def test_unreachable_server_is_a_connection_error() -> None:
     bus = NatsBus(f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="cannot use NATS"):
         await bus.ping()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3
     await bus.close()
 
 
@@ -171,7 +170,7 @@ async def test_event_unacked_by_a_dead_member_goes_to_another(buses: NatsBuses) 
     started = time.monotonic()
     await survivor.wait_for(1, timeout=5)
     assert survivor.messages[0].data == {"vm": "vm-9"}
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 4  # ack_wait is 1 s
 
 
 async def test_plain_subscriber_survives_losing_its_consumer(
@@ -281,7 +280,7 @@ async def test_publish_gives_up_at_its_deadline(own_nats: NatsServer) -> None:
         started = time.monotonic()
         with pytest.raises(ConnectionError, match="no acknowledgement") as raised:
             await bus.publish("vm.v1.started", {})
-        assert 0.9 < time.monotonic() - started < 2.0
+        assert 0.9 < time.monotonic() - started < 3.0
         attempts = int(str(raised.value).split("(")[1].split()[0])
         assert attempts >= 3, str(raised.value)
     finally:
