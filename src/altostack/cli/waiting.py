@@ -25,6 +25,7 @@ from rich.progress import (
 from altostack.cli.output import emit_list, emit_object, note
 from altostack.cli.state import CliState
 from altostack.client import NotFound, OperationFailed
+from altostack.client.base import BaseClient
 
 NoWaitOption = Annotated[
     bool, typer.Option("--no-wait", help="Return at once instead of waiting for the operation")
@@ -90,7 +91,8 @@ def follow_operation(
     location = None
     if isinstance(answer, httpx.Response):
         location = answer.headers.get("location")
-        answer = answer.json() if answer.content else {}
+        decoded = BaseClient.decode(answer)  # an error answer raises its ApiError
+        answer = decoded if isinstance(decoded, Mapping) else {}
     operation, resource = _split(answer, thing)
     if operation is None:
         return _show(state, resource if resource is not None else answer)
