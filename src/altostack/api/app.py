@@ -29,7 +29,9 @@ from altostack.api.routers import (
 if TYPE_CHECKING:
     from altostack.bootstrap import Container
 
+# Routes are matched in order: the hot polling path goes first.
 ROUTERS = [
+    operations.router,
     health.router,
     auth.router,
     tenants.router,
@@ -40,7 +42,6 @@ ROUTERS = [
     infra.router,
     catalog.router,
     vms.router,
-    operations.router,
     events.router,
 ]
 

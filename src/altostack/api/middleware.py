@@ -9,15 +9,18 @@ path of every read.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from altostack.api import problems
+from altostack.api.schemas import OperationOut
 from altostack.domain.errors import DomainError, Unauthenticated
 from altostack.services.context import Principal, RequestContext
 from altostack.services.events import build_event
@@ -35,6 +38,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = structlog.get_logger(__name__)
 
 SIGNED_SCHEME = "ALTO1-HMAC-SHA256"
+_OPERATION_PATH = re.compile(r"^/v1/operations/([A-Za-z0-9_-]{1,64})$")
+_OPERATION_ROUTE = SimpleNamespace(path="/v1/operations/{id}", name="operation.get")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY = 8 * 1024 * 1024
 REPLAY_HEADER = "idempotent-replayed"
@@ -166,6 +171,11 @@ class ApiMiddleware:
             ctx = RequestContext(principal, request_id, source_ip) if principal else None
             state["ctx"] = ctx
             path: str = scope["path"]
+            if ctx is not None and scope["method"] == "GET" and not scope.get("query_string"):
+                match = _OPERATION_PATH.match(path)
+                if match is not None:
+                    await self._operation_fast(scope, send_with_id, ctx, match.group(1))
+                    return
             streamed = _header(scope, b"content-type") == "application/octet-stream"
             if scope["method"] in MUTATING and path.startswith("/v1/") and streamed:
                 await self._upload(scope, receive, send_with_id, ctx)
@@ -185,6 +195,22 @@ class ApiMiddleware:
             self.c.metrics.observe(
                 scope["method"], route, status_holder[0], time.perf_counter() - started
             )
+
+    async def _operation_fast(
+        self, scope: Scope, send: Send, ctx: RequestContext, op_id: str
+    ) -> None:
+        """``GET /v1/operations/{id}``, the path every client polls, answered without the
+        framework: same authorisation, same body bytes as the routed handler (a test holds
+        them equal), a fraction of the cost."""
+        scope["route"] = _OPERATION_ROUTE
+        try:
+            view = await self.c.operations.view(ctx, op_id)
+        except DomainError as exc:
+            response = problems.from_domain(exc, scope["path"])
+            await _send_response(send, exc.status, response.raw_headers, bytes(response.body))
+            return
+        body = OperationOut.model_validate(view).model_dump_json().encode()
+        await _send_response(send, 200, [(b"content-type", b"application/json")], body)
 
     async def _problem(self, send: Send, scope: Scope, status: int, detail: str) -> None:
         body = problems.problem_body(status, detail, instance=scope.get("path"))

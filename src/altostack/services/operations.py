@@ -9,8 +9,10 @@ bus notification that follows the commit never arrives.
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement
@@ -92,6 +94,26 @@ class OperationService:
         assert op is not None
         return op
 
+    async def view(self, ctx: RequestContext, op_id: str) -> dict[str, Any]:
+        """The operation as the API shows it, by the cheapest read the database allows."""
+        reader = self.db.point_reader
+        if reader is None:
+            return operation_view(await self.get(ctx, op_id))
+        row = reader.row(f"SELECT {_VIEW_COLUMNS} FROM operations WHERE id = ?", (op_id,))
+        authz.require(
+            ctx,
+            "operation:read",
+            tenant_id=row["tenant_id"] if row else None,
+            kind="operation",
+            ident=op_id,
+        )
+        assert row is not None
+        for name in ("created_at", "started_at", "finished_at"):
+            row[name] = _sqlite_time(row[name])
+        for name in ("error", "result"):
+            row[name] = json.loads(row[name]) if row[name] is not None else None
+        return row
+
     async def wait(self, ctx: RequestContext, op_id: str, seconds: float) -> Operation:
         """Long-poll: return when the operation ends or ``seconds`` pass, whichever first."""
         if seconds < 0 or seconds > MAX_WAIT_SECONDS:
@@ -143,6 +165,17 @@ class OperationService:
             where.append(Operation.kind == kind)
         async with self.db.uow(write=False) as uow:
             return await uow.operations.page(where, limit=limit, cursor=cursor)
+
+
+_VIEW_COLUMNS = (
+    "id, kind, tenant_id, resource_type, resource_id, state, progress, attempts, error, "
+    "result, request_id, created_at, started_at, finished_at"
+)
+
+
+def _sqlite_time(value: str | None) -> datetime | None:
+    """SQLite keeps UTC times as naive ISO text (see db.types.UTCDateTime)."""
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def operation_view(op: Operation) -> dict[str, Any]:

@@ -64,5 +64,6 @@ async def get_operation(
     ] = None,
 ) -> OperationOut:
     """One operation; with ``wait`` the answer comes when it ends or the time runs out."""
-    op = await (c.operations.wait(ctx, id, wait) if wait else c.operations.get(ctx, id))
-    return OperationOut.model_validate(operation_view(op))
+    if wait:
+        return OperationOut.model_validate(operation_view(await c.operations.wait(ctx, id, wait)))
+    return OperationOut.model_validate(await c.operations.view(ctx, id))
