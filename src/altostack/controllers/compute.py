@@ -207,7 +207,8 @@ class ComputeController:
             vm_id=vm.id,
             timeout=timeout,
             force=bool(ctx.input.get("force")),
-            extra=timeout, slow=2,
+            extra=timeout,
+            slow=2,
         )
         return await self._observe(vm.id, reply["status"])
 
@@ -244,9 +245,7 @@ class ComputeController:
         )
         await ctx.progress(70, {"resized": True})
         power = "running" if ctx.input.get("was_running") else "stopped"
-        reply = await self.call(
-            host, "ensure_vm", spec=vm_spec(vm, power_state=power), slow=4
-        )
+        reply = await self.call(host, "ensure_vm", spec=vm_spec(vm, power_state=power), slow=4)
         return await self._observe(vm.id, reply["status"])
 
     async def reset_password(self, ctx: OperationContext) -> dict[str, Any]:
