@@ -17,6 +17,7 @@ same run on the first 2,000 requests, is a full scan (``limit`` = every eligible
 ``limit_speedup`` is what the candidate limit buys.
 
     .venv/bin/python bench/scheduler.py [--hosts 1000] [--vms 100000] [--seed 1] [--flat] [--json]
+    .venv/bin/python bench/scheduler.py --pack-study   # pack tightness per candidate limit
 
 Exit status: 0 when at least 1,000 placements/s (wall clock), 1 when not.
 """
@@ -43,6 +44,7 @@ from altostack.scheduler import (
     PlacementRequest,
     Planner,
     Snapshot,
+    candidate_limit,
 )
 from altostack.scheduler.model import Arch, GroupMode, HostState
 
@@ -265,6 +267,41 @@ def measure(n_hosts: int, n_vms: int, seed: int, *, flat: bool) -> Result:
     )
 
 
+def pack_study(n_hosts: int, seed: int) -> list[dict[str, float]]:
+    """How tight pack is for several candidate limits: one pack cluster, filled to ~40%.
+
+    The numbers behind ``candidate_limit``'s choice for pack (docs/scheduler.md).
+    """
+    clusters = {"p": ClusterView("p", "x86_64", "pack")}
+    hosts = [
+        HostView(f"h{i}", "p", "x86_64", "up", 64, HOST_MEMORY_MIB, 2048) for i in range(n_hosts)
+    ]
+    rng = random.Random(seed)
+    weights = [s[0] for s in SIZES]
+    requests = []
+    for i in range(n_hosts * 50):
+        _, vcpus, memory, disk = rng.choices(SIZES, weights)[0]
+        requests.append(PlacementRequest(f"r{i}", vcpus, memory, disk, cluster_id="p"))
+    rows = []
+    default = candidate_limit(n_hosts, pack=True)
+    for limit in sorted({max(2, math.ceil(math.log2(n_hosts))), 32, default, 100, n_hosts}):
+        start = time.process_time()
+        _, after = Planner().plan_many(requests, hosts, clusters, limit=limit)
+        seconds = time.process_time() - start
+        used = sum(1 for h in after if h.memory_mib_used)
+        bound = math.ceil(sum(h.memory_mib_used for h in after) / HOST_MEMORY_MIB)
+        rows.append(
+            {
+                "limit": limit,
+                "hosts_used": used,
+                "lower_bound": bound,
+                "above_bound_pct": round(100 * (used - bound) / bound, 1),
+                "plans_per_cpu_sec": round(len(requests) / seconds),
+            }
+        )
+    return rows
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -284,8 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--flat", action="store_true", help="plan over all hosts, not the request's cluster"
     )
+    parser.add_argument(
+        "--pack-study", action="store_true", help="compare pack tightness across limits"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
+    if args.pack_study:
+        rows = pack_study(args.hosts, args.seed)
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(map(str, rows)))
+        return 0
     result = measure(args.hosts, args.vms, args.seed, flat=args.flat)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

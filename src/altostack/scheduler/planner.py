@@ -59,11 +59,11 @@ def candidate_limit(n_hosts: int, pack: bool) -> int:
 
     Pack: ``max(spread limit, min(n, 64))``, so clusters of up to 64 hosts get an exact
     best fit. Packing is only as tight as the chance that the few part-filled hosts are
-    among the candidates: on 1,000 pack hosts filled with mixed sizes, the log2 limit (10)
-    used 47% more hosts than the lower bound, 32 candidates 28%, 64 candidates 17%, 100
-    candidates 13%, a full scan 1%, at 10.6k, 6.3k, 3.4k, 2.4k and 0.2k plans/s.
-    Sixty-four keeps pack-only clouds at several thousand plans per second (numbers in
-    docs/scheduler.md).
+    among the candidates: on 1,000 pack hosts filled to a third with mixed sizes
+    (``bench/scheduler.py --pack-study``), 10 candidates used 70% more hosts than the lower
+    bound, 32 used 27%, 64 16%, 100 13% and a full scan 6%, at 12k, 5.7k, 3.4k, 2.3k and
+    0.3k plans per CPU second. Sixty-four halves the waste of 32 and keeps a pack-only
+    cloud at thousands of plans per second.
     """
     if n_hosts <= 1:
         return 1
