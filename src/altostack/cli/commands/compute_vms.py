@@ -105,6 +105,22 @@ def resolve_image(state: CliState, ref: str) -> str:
     raise typer.BadParameter(f"{len(found)} images are named {ref!r}: {ids}", param_hint="--image")
 
 
+def resolve_vm(state: CliState, ref: str) -> str:
+    """A VM id from an id or a name (names are unique enough in practice; if not, the
+    user is told which ids to choose from)."""
+    if ref.startswith("vm-"):
+        return ref
+    found = list(state.client().list_all(BASE, name=ref, max_items=10))
+    if not found:  # maybe in the recycle bin (restore, purge)
+        found = list(state.client().list_all(BASE, name=ref, state="deleted", max_items=10))
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        raise typer.BadParameter(f"no VM named {ref!r}", param_hint="VM")
+    ids = ", ".join(str(v["id"]) for v in found)
+    raise typer.BadParameter(f"{len(found)} VMs are named {ref!r}: {ids}", param_hint="VM")
+
+
 def _password(value: str | None, prompt: bool) -> str | None:
     if prompt and not value:
         return ask(None, "VM password", secret=True, twice=True)
@@ -124,6 +140,7 @@ def _act(
     """Run one VM action (or the delete) and follow its operation."""
     state = get_state(ctx, output)
     client = state.client()
+    vm_id = resolve_vm(state, vm_id)
     if verb == "delete":
         response = client.send("DELETE", path_of(BASE, vm_id))
     else:
@@ -175,7 +192,7 @@ def vm_list(
 def vm_show(ctx: typer.Context, vm_id: str, output: OutputOption = None) -> None:
     """One VM."""
     state = get_state(ctx, output)
-    emit_object(state, state.client().get(path_of(BASE, vm_id)))
+    emit_object(state, state.client().get(path_of(BASE, resolve_vm(state, vm_id))))
 
 
 @vms.command("create")
