@@ -9,8 +9,8 @@ bus notification that follows the commit never arrives.
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
