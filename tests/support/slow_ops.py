@@ -117,6 +117,20 @@ async def create_steps(body: StepsRequest, ctx: Ctx, c: C) -> JSONResponse:
     )
 
 
+class NoteRequest(BaseModel):
+    note: str = Field(max_length=100)
+
+
+@router.post("/notes", status_code=202, name="test.notes.create", include_in_schema=False)
+async def create_note(body: NoteRequest, ctx: Ctx, c: C) -> dict[str, Any]:
+    """Create an operation and leave the INSERT to the request's final commit (no flush
+    here), as a service that only adds rows to the unit of work does."""
+    container: Container = c
+    async with container.db.uow() as uow:
+        op = container.operations.create(uow, ctx, KIND, input={"steps": 1, "note": body.note})
+    return {"operation": {"id": op.id}}
+
+
 @router.post("/conflict", status_code=202, name="test.conflict", include_in_schema=False)
 async def create_then_conflict(body: StepsRequest, ctx: Ctx, c: C) -> JSONResponse:
     """Create an operation, then refuse: the operation must roll back with the request."""

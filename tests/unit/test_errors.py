@@ -175,3 +175,23 @@ async def test_nul_characters_are_a_400_not_a_500(client: httpx.AsyncClient, adm
             assert "NUL" in body["detail"]
     r = await client.get("/v1/operations/op-%00", headers=admin)
     assert r.status_code in (400, 404), r.text
+
+
+async def test_a_value_refused_at_the_final_commit_is_a_400(
+    request: pytest.FixtureRequest, client: httpx.AsyncClient, admin: dict[str, str]
+):
+    """The request's rows are written when the middleware commits, after the handler
+    returned; a value the database refuses there must be a 400 as well, not a 500."""
+    if "postgresql" in request.node.callspec.params.get("db_url", ""):
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="api/middleware.py turns any exception of the final commit into a "
+                "500; a DBAPIError for which problems.bad_value_reason() gives a reason "
+                "should become that 400 problem",
+                strict=True,
+            )
+        )
+    r = await client.post("/v1/test/notes", json={"note": "nul\x00here"}, headers=admin)
+    assert r.status_code in (202, 400), r.text
+    if r.status_code == 400:
+        assert "NUL" in problem(r, 400, "InvalidRequest")["detail"]
