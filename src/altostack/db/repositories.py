@@ -6,12 +6,23 @@ order is stable and newest first without an extra column.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from altostack.db.models import (
@@ -21,6 +32,8 @@ from altostack.db.models import (
     Event,
     IdempotencyKey,
     Operation,
+    QuotaLimit,
+    QuotaUsage,
     Tenant,
     User,
 )
@@ -244,3 +257,72 @@ class IdempotencyRepository:
             delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
         )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def take_quotas(
+    session: AsyncSession,
+    tenant_id: str,
+    region: str,
+    amounts: Mapping[str, int],
+    defaults: Mapping[str, int],
+) -> set[str]:
+    """Add ``amounts`` to a tenant's usage rows in one conditional UPDATE.
+
+    A row takes its amount only while ``used + amount`` stays within its limit: the
+    tenant's override in ``quota_limits`` or else ``defaults``; -1 is unlimited. Returns the
+    resources taken; one missing from the answer was over its limit or has no usage row
+    yet, and the caller decides (``QuotaService.consume`` creates the row or raises).
+    Same guarantee as one UPDATE per quota: on PostgreSQL each row's condition is
+    re-checked under its row lock, on SQLite writers are serialised.
+    """
+    if not amounts:
+        return set()
+    resources = tuple(amounts)
+    params: dict[str, Any] = {"q_tenant_id": tenant_id, "q_region": region}
+    for i, resource in enumerate(resources):
+        params[f"amount_{i}"] = amounts[resource]
+        params[f"default_{i}"] = defaults[resource]
+    result = await session.execute(_take_quotas_statement(resources), params)
+    return set(result.scalars().all())
+
+
+_TAKE_QUOTAS: dict[tuple[str, ...], Any] = {}
+
+
+def _take_quotas_statement(resources: tuple[str, ...]) -> Any:
+    """Built once per set of resources (a VM create always takes the same three)."""
+    stmt = _TAKE_QUOTAS.get(resources)
+    if stmt is not None:
+        return stmt
+    amount = case(
+        {r: bindparam(f"amount_{i}", type_=Integer) for i, r in enumerate(resources)},
+        value=QuotaUsage.resource,
+    )
+    default = case(
+        {r: bindparam(f"default_{i}", type_=Integer) for i, r in enumerate(resources)},
+        value=QuotaUsage.resource,
+    )
+    override = (
+        select(QuotaLimit.limit)
+        .where(
+            QuotaLimit.tenant_id == QuotaUsage.tenant_id,
+            QuotaLimit.region == QuotaUsage.region,
+            QuotaLimit.resource == QuotaUsage.resource,
+        )
+        .scalar_subquery()
+    )
+    limit = func.coalesce(override, default)
+    stmt = (
+        update(QuotaUsage)
+        .where(
+            QuotaUsage.tenant_id == bindparam("q_tenant_id"),
+            QuotaUsage.region == bindparam("q_region"),
+            QuotaUsage.resource.in_(resources),
+            or_(limit == -1, QuotaUsage.used + amount <= limit),
+        )
+        .values(used=QuotaUsage.used + amount)
+        .returning(QuotaUsage.resource)
+        .execution_options(synchronize_session=False)
+    )
+    _TAKE_QUOTAS[resources] = stmt
+    return stmt
