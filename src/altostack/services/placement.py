@@ -11,10 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Insert,
+    Integer,
+    bindparam,
+    case,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from altostack.db.database import Database
@@ -67,6 +79,10 @@ class PlacementService:
         self.refresh_seconds = refresh_seconds
         self.planner = Planner()
         self._hosts: dict[str, HostView] = {}
+        # The same views as a list (what the planner scans) and each one's position in it,
+        # so recording a placement replaces one entry instead of rebuilding the list.
+        self._host_list: list[HostView] = []
+        self._position: dict[str, int] = {}
         self._clusters: dict[str, ClusterView] = {}
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
@@ -142,6 +158,8 @@ class PlacementService:
 
     # ---- snapshot --------------------------------------------------------------------
     async def refresh(self) -> None:
+        """Rebuild the snapshot from the database: plain rows, no ORM objects, so a
+        thousand hosts and every grouped VM load in a few milliseconds."""
         async with self.db.uow(write=False) as uow:
             clusters = {c.id: c for c in await uow.session.scalars(select(Cluster))}
             groups: dict[str, set[str]] = {}
@@ -153,21 +171,40 @@ class PlacementService:
             for host_id, group_id in rows.all():
                 if host_id and group_id:
                     groups.setdefault(host_id, set()).add(group_id)
-            hosts = list(await uow.session.scalars(select(Host)))
+            hosts = (
+                await uow.session.execute(
+                    select(
+                        Host.id,
+                        Host.cluster_id,
+                        Host.arch,
+                        Host.admin_state,
+                        Host.liveness,
+                        Host.cores,
+                        Host.memory_mib,
+                        Host.disk_gib,
+                        Host.vcpus_used,
+                        Host.memory_mib_used,
+                        Host.disk_gib_used,
+                        Host.gpus,
+                        Host.gpus_used,
+                        Host.load,
+                    )
+                )
+            ).all()
         self._clusters = {
             c.id: ClusterView(c.id, cast(Any, c.arch), cast(Any, c.policy))
             for c in clusters.values()
         }
-        self._hosts = {}
+        views: dict[str, HostView] = {}
         for h in hosts:
             cluster = clusters.get(h.cluster_id)
             if cluster is None:
                 continue
-            self._hosts[h.id] = HostView(
+            views[h.id] = HostView(
                 id=h.id,
                 cluster_id=h.cluster_id,
                 arch=cast(Any, h.arch),
-                state=cast(Any, host_state(h)),
+                state=cast(Any, host_state(cast(Any, h))),
                 vcpus=h.cores,
                 memory_mib=h.memory_mib,
                 disk_gib=h.disk_gib,
@@ -181,7 +218,17 @@ class PlacementService:
                 load=h.load,
                 groups=frozenset(groups.get(h.id, ())),
             )
+        self._hosts = views
+        self._host_list = list(views.values())
+        self._position = {host_id: i for i, host_id in enumerate(views)}
         self._loaded_at = time.monotonic()
+
+    def _record(self, host: HostView) -> None:
+        """Replace a host's view (after a claim) in the dict and in the planner's list."""
+        self._hosts[host.id] = host
+        position = self._position.get(host.id)
+        if position is not None:
+            self._host_list[position] = host
 
     def invalidate(self) -> None:
         self._loaded_at = 0.0
@@ -224,7 +271,7 @@ class PlacementService:
                 group=group_view_,
                 exclude_hosts=frozenset(tried),
             )
-            plan = self.planner.plan(request, list(self._hosts.values()), self._clusters)
+            plan = self.planner.plan(request, self._host_list, self._clusters)
             if plan.host_id is None:
                 if attempt == 0 or not tried - exclude:
                     break
@@ -233,12 +280,175 @@ class PlacementService:
                 continue
             host = self._hosts[plan.host_id]
             if await self._claim(uow, host, request, vm_id, group):
-                self._hosts[host.id] = apply_placement(host, request)
+                self._record(apply_placement(host, request))
                 return Claim(host.id, host.cluster_id, vcpus, memory_mib, disk_gib, gpus)
             tried.add(host.id)
             await self.refresh()
         explanation = plan.explanation if plan else "no hosts are registered"
         raise NoCapacity(explanation, extra={"rejections": dict(plan.rejections) if plan else {}})
+
+    async def place_many(
+        self,
+        uow: UnitOfWork,
+        *,
+        vm_ids: Sequence[str],
+        vcpus: int,
+        memory_mib: int,
+        disk_gib: int,
+        gpus: int,
+        arch: str,
+        group: PlacementGroup | None,
+    ) -> list[Claim]:
+        """``place`` for a batch of equal VMs, in a constant number of statements.
+
+        Each VM is planned against the snapshot as the previous ones left it (so a hard
+        group never gets two members on one host, and capacity holds inside the batch);
+        then one conditional UPDATE claims every chosen host (``used + n <= capacity``
+        per host, ``RETURNING`` the hosts it could claim) and, for a hard anti-affinity
+        group, one ``INSERT … ON CONFLICT DO NOTHING`` takes the (group, host) slots. A VM
+        whose host or slot was lost to a race goes through ``place`` alone, which
+        refreshes the snapshot and re-plans, exactly as a single VM would. GPU requests
+        must use ``place``: their devices are chosen per VM under the host's row lock.
+        """
+        if gpus:
+            raise ValueError("place_many does not place GPU VMs; use place")
+        await self._snapshot()
+        group_view_ = (
+            GroupView(group.id, cast(Any, group.policy), cast(Any, group.mode)) if group else None
+        )
+        planned: list[tuple[str, HostView, PlacementRequest]] = []
+        for vm_id in vm_ids:
+            request = PlacementRequest(
+                request_id=f"{vm_id}:0",
+                vcpus=vcpus,
+                memory_mib=memory_mib,
+                disk_gib=disk_gib,
+                gpus=0,
+                arch=cast(Any, arch),
+                group=group_view_,
+            )
+            plan = self.planner.plan(request, self._host_list, self._clusters)
+            if plan.host_id is None:
+                # The batch fails as a whole: forget what the earlier VMs were given (no
+                # await since they were planned, so these are still the views they saw).
+                for _, host, _ in reversed(planned):
+                    self._record(host)
+                raise NoCapacity(plan.explanation, extra={"rejections": dict(plan.rejections)})
+            host = self._hosts[plan.host_id]
+            planned.append((vm_id, host, request))
+            self._record(apply_placement(host, request))
+        claimed = await self._claim_hosts(uow, planned)
+        hard = group is not None and group.policy == "anti-affinity" and group.mode == "hard"
+        placed = [(vm_id, host) for vm_id, host, _ in planned if host.id in claimed]
+        if hard and placed:
+            assert group is not None
+            slotted = await self._take_slots(uow, group.id, placed)
+            for vm_id, host in placed:
+                if vm_id not in slotted:
+                    await self._release_claim(uow, host.id, vcpus, memory_mib, disk_gib)
+        else:
+            slotted = {vm_id for vm_id, _ in placed}
+        claims: dict[str, Claim] = {
+            vm_id: Claim(host.id, host.cluster_id, vcpus, memory_mib, disk_gib, 0)
+            for vm_id, host, _ in planned
+            if vm_id in slotted
+        }
+        if len(claims) < len(planned):
+            # Lost races: the snapshot was stale. Re-read it, keep the members of the
+            # group placed above in view (their VM rows are not written yet), and place
+            # the others one by one, as single VMs are placed.
+            await self.refresh()
+            if group_view_ is not None:
+                for claim in claims.values():
+                    view = self._hosts.get(claim.host_id)
+                    if view is not None and group_view_.id not in view.groups:
+                        self._record(replace(view, groups=view.groups | {group_view_.id}))
+            for vm_id, _, _ in planned:
+                if vm_id not in claims:
+                    claims[vm_id] = await self.place(
+                        uow,
+                        vm_id=vm_id,
+                        vcpus=vcpus,
+                        memory_mib=memory_mib,
+                        disk_gib=disk_gib,
+                        gpus=0,
+                        arch=arch,
+                        group=group,
+                    )
+        return [claims[vm_id] for vm_id in vm_ids]
+
+    async def _claim_hosts(
+        self, uow: UnitOfWork, planned: Sequence[tuple[str, HostView, PlacementRequest]]
+    ) -> set[str]:
+        """One conditional UPDATE for every host of the batch; returns the hosts claimed.
+
+        A host the batch chose twice is claimed for both VMs at once, so it is either
+        claimed for both or for none (then both are re-planned)."""
+        need: dict[str, list[int]] = {}
+        ratios: dict[str, tuple[float, float]] = {}
+        for _, host, request in planned:
+            n = need.setdefault(host.id, [0, 0, 0, 0])
+            n[0] += request.vcpus
+            n[1] += request.memory_mib
+            n[2] += request.disk_gib
+            n[3] += request.gpus
+            ratios[host.id] = (host.cpu_ratio, host.ram_ratio)
+
+        params: dict[str, Any] = {"ids": list(need)}
+        for i, key in enumerate(("n_vcpus", "n_memory", "n_disk", "n_gpus")):
+            params[key] = {h: n[i] for h, n in need.items()}
+        params["n_cpu_ratio"] = {h: r[0] for h, r in ratios.items()}
+        params["n_ram_ratio"] = {h: r[1] for h, r in ratios.items()}
+        if all(len(set(v.values())) == 1 for k, v in params.items() if k != "ids"):
+            # The usual batch: equal VMs on distinct hosts of one cluster. A statement built
+            # once, so SQLAlchemy neither rebuilds nor re-keys it for every request.
+            uniform = {k: next(iter(v.values())) for k, v in params.items() if k != "ids"}
+            result = await uow.session.execute(_CLAIM_UNIFORM, {"ids": params["ids"], **uniform})
+            return set(result.scalars().all())
+
+        def per_host(key: str) -> ColumnElement[Any]:
+            return case(params[key], value=Host.id)
+
+        vcpus, memory, disk, gpus = (
+            per_host(k) for k in ("n_vcpus", "n_memory", "n_disk", "n_gpus")
+        )
+        result = await uow.session.execute(
+            _claim_statement(
+                Host.id.in_(params["ids"]),
+                vcpus,
+                memory,
+                disk,
+                gpus,
+                per_host("n_cpu_ratio"),
+                per_host("n_ram_ratio"),
+            )
+        )
+        return set(result.scalars().all())
+
+    async def _take_slots(
+        self, uow: UnitOfWork, group_id: str, placed: Sequence[tuple[str, HostView]]
+    ) -> set[str]:
+        """The (group, host) slots of a hard anti-affinity batch in one statement; returns
+        the VMs that got theirs (a slot another scheduler took first is not overwritten)."""
+        rows = [{"group_id": group_id, "host_id": h.id, "vm_id": vm_id} for vm_id, h in placed]
+        insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        stmt: Insert = insert_(AntiAffinitySlot).values(rows).on_conflict_do_nothing()
+        result = await uow.session.execute(stmt.returning(AntiAffinitySlot.vm_id))
+        return set(result.scalars().all())
+
+    async def _release_claim(
+        self, uow: UnitOfWork, host_id: str, vcpus: int, memory_mib: int, disk_gib: int
+    ) -> None:
+        await uow.session.execute(
+            update(Host)
+            .where(Host.id == host_id)
+            .values(
+                vcpus_used=Host.vcpus_used - vcpus,
+                memory_mib_used=Host.memory_mib_used - memory_mib,
+                disk_gib_used=Host.disk_gib_used - disk_gib,
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     async def _claim(
         self,
@@ -350,6 +560,48 @@ class PlacementService:
         )
         self.invalidate()
         return bool(getattr(result, "rowcount", 0))
+
+
+def _claim_statement(
+    hosts: ColumnElement[bool],
+    vcpus: ColumnElement[Any],
+    memory_mib: ColumnElement[Any],
+    disk_gib: ColumnElement[Any],
+    gpus: ColumnElement[Any],
+    cpu_ratio: ColumnElement[Any],
+    ram_ratio: ColumnElement[Any],
+) -> Any:
+    """Claim on ``hosts`` what each needs, only where it still fits; RETURNING those."""
+    return (
+        update(Host)
+        .where(
+            hosts,
+            Host.admin_state == "enabled",
+            Host.liveness == "up",
+            Host.vcpus_used + vcpus <= Host.cores * cpu_ratio,
+            Host.memory_mib_used + memory_mib <= Host.memory_mib * ram_ratio,
+            Host.disk_gib_used + disk_gib <= Host.disk_gib,
+        )
+        .values(
+            vcpus_used=Host.vcpus_used + vcpus,
+            memory_mib_used=Host.memory_mib_used + memory_mib,
+            disk_gib_used=Host.disk_gib_used + disk_gib,
+            gpus_used=Host.gpus_used + gpus,
+        )
+        .returning(Host.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_CLAIM_UNIFORM = _claim_statement(
+    Host.id.in_(bindparam("ids", expanding=True)),
+    bindparam("n_vcpus", type_=Integer),
+    bindparam("n_memory", type_=Integer),
+    bindparam("n_disk", type_=Integer),
+    bindparam("n_gpus", type_=Integer),
+    bindparam("n_cpu_ratio", type_=Float),
+    bindparam("n_ram_ratio", type_=Float),
+)
 
 
 def check_group(policy: str, mode: str) -> None:

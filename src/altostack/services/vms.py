@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, insert, select
 
 from altostack.db.database import Database
 from altostack.db.models import Operation
 from altostack.db.models_compute import Host, Image, InstanceType, PlacementGroup, Vm
-from altostack.db.repositories import Page, page_of
+from altostack.db.repositories import Page, page_of, take_quotas
 from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
 from altostack.domain import vm_states
@@ -119,13 +119,12 @@ class VmService:
         if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
             raise InvalidRequest.for_field("user_data", "must be at most 1 MiB")
         async with self.db.uow() as uow:
-            itype = await InstanceTypeService.resolve(uow.session, req["instance_type"])
+            itype, image = await self._type_and_image(uow, req["instance_type"], req["image_id"])
             if itype is None or not itype.enabled:
                 raise InvalidRequest.for_field(
                     "instance_type",
                     f"no instance type {req['instance_type']!r}; see GET /v1/instance-types",
                 )
-            image = await uow.session.get(Image, req["image_id"])
             if image is None or not can_see(ctx, image):
                 raise InvalidRequest.for_field("image_id", f"no image {req['image_id']!r}")
             if image.state != "available":
@@ -145,42 +144,107 @@ class VmService:
                 group = await self.placement.load_group(
                     uow, ctx, req["placement_group_id"], "placement-group:read"
                 )
-            tenant = ctx.principal.tenant_id
-            await self.quotas.consume(uow, tenant, "vms", count)
-            await self.quotas.consume(uow, tenant, "vcpus", count * itype.vcpus)
-            await self.quotas.consume(uow, tenant, "memory_mib", count * itype.memory_mib)
+            await self._consume(
+                uow,
+                ctx.principal.tenant_id,
+                {
+                    "vms": count,
+                    "vcpus": count * itype.vcpus,
+                    "memory_mib": count * itype.memory_mib,
+                },
+            )
+            names = [name if count == 1 else f"{name}-{i + 1}" for i in range(count)]
             created = []
-            for i in range(count):
-                vm_name = name if count == 1 else f"{name}-{i + 1}"
-                created.append(
-                    await self._create_one(uow, ctx, req, vm_name, itype, image, disk, group)
+            if itype.gpus:
+                # Devices are picked per VM under its host claim's row lock.
+                for vm_name in names:
+                    claim = await self.placement.place(
+                        uow,
+                        vm_id=(vm_id := new_id("vm")),
+                        vcpus=itype.vcpus,
+                        memory_mib=itype.memory_mib,
+                        disk_gib=disk,
+                        gpus=itype.gpus,
+                        arch=image.arch,
+                        group=group,
+                    )
+                    gpus = await self._pick_gpus(uow, claim.host_id, itype.gpus)
+                    vm = self._new_vm(
+                        ctx, req, vm_id, vm_name, itype, image, disk, group, claim, gpus
+                    )
+                    # Written now: the next VM's GPU choice must see this one's devices.
+                    await self._insert(uow, [vm])
+                    created.append((vm, self._new_operation(uow, ctx, req, vm)))
+            else:
+                # The whole batch is planned, claimed and written in a constant number of
+                # statements (one UPDATE for the hosts, one INSERT per table).
+                vm_ids = [new_id("vm") for _ in names]
+                claims = await self.placement.place_many(
+                    uow,
+                    vm_ids=vm_ids,
+                    vcpus=itype.vcpus,
+                    memory_mib=itype.memory_mib,
+                    disk_gib=disk,
+                    gpus=0,
+                    arch=image.arch,
+                    group=group,
                 )
+                vms = [
+                    self._new_vm(ctx, req, vm_id, vm_name, itype, image, disk, group, claim, [])
+                    for vm_id, vm_name, claim in zip(vm_ids, names, claims, strict=True)
+                ]
+                await self._insert(uow, vms)
+                created = [(vm, self._new_operation(uow, ctx, req, vm)) for vm in vms]
             await uow.commit()
         return created
 
-    async def _create_one(
+    async def _consume(self, uow: UnitOfWork, tenant_id: str, amounts: dict[str, int]) -> None:
+        """All of a create's quotas in one statement; the rare rest (a usage row still to
+        create, or a quota exceeded: the error names it) through ``QuotaService.consume``,
+        in the same order as before."""
+        taken = await take_quotas(
+            uow.session, tenant_id, self.quotas.region, amounts, self.quotas.defaults
+        )
+        for resource, amount in amounts.items():
+            if resource not in taken:
+                await self.quotas.consume(uow, tenant_id, resource, amount)
+
+    async def _type_and_image(
+        self, uow: UnitOfWork, type_ref: str, image_id: str
+    ) -> tuple[InstanceType | None, Image | None]:
+        """Both rows in one round trip; one by one (to say which is missing) only when the
+        pair is not found. Types are named by id or by name, as ``InstanceTypeService``
+        resolves them."""
+        column = InstanceType.id if type_ref.startswith("itype-") else InstanceType.name
+        row = (
+            await uow.session.execute(
+                select(InstanceType, Image)
+                .join(Image, Image.id == image_id)
+                .where(column == type_ref)
+            )
+        ).first()
+        if row is not None:
+            return row[0], row[1]
+        itype = await InstanceTypeService.resolve(uow.session, type_ref)
+        return itype, await uow.session.get(Image, image_id)
+
+    def _new_vm(
         self,
-        uow: UnitOfWork,
         ctx: RequestContext,
         req: dict[str, Any],
+        vm_id: str,
         name: str,
         itype: InstanceType,
         image: Image,
         disk: int,
         group: PlacementGroup | None,
-    ) -> tuple[Vm, Operation]:
-        vm_id = new_id("vm")
-        claim = await self.placement.place(
-            uow,
-            vm_id=vm_id,
-            vcpus=itype.vcpus,
-            memory_mib=itype.memory_mib,
-            disk_gib=disk,
-            gpus=itype.gpus,
-            arch=image.arch,
-            group=group,
-        )
-        vm = Vm(
+        claim: Claim,
+        gpu_addresses: list[str],
+    ) -> Vm:
+        """The VM as it is inserted: every column set here (no ORM defaults at flush), so
+        the object answers ``vm_view`` without being tracked by the session."""
+        now = utcnow()
+        return Vm(
             id=vm_id,
             tenant_id=ctx.principal.tenant_id,
             name=name,
@@ -191,32 +255,50 @@ class VmService:
             memory_mib=itype.memory_mib,
             root_disk_gib=disk,
             gpus=itype.gpus,
-            gpu_addresses=await self._pick_gpus(uow, claim.host_id, itype.gpus),
+            gpu_addresses=gpu_addresses,
             image_id=image.id,
             arch=image.arch,
             host_id=claim.host_id,
             cluster_id=claim.cluster_id,
             subnet_id=req.get("subnet_id"),
+            private_ip=None,
             placement_group_id=group.id if group else None,
             tags=dict(req.get("tags") or {}),
             ssh_keys=list(req.get("ssh_keys") or []),
             user_data=req.get("user_data"),
             power_state="running",
             state="pending",
+            reason=None,
             generation=1,
             observed_generation=0,
+            created_at=now,
+            updated_at=now,
+            deleted_at=None,
+            purge_after=None,
         )
-        uow.session.add(vm)
+
+    @staticmethod
+    async def _insert(uow: UnitOfWork, vms: Sequence[Vm]) -> None:
+        """One INSERT (executemany) for the batch, without the session's unit-of-work
+        bookkeeping: the objects are returned to the caller, never changed later."""
+        columns = [c.key for c in Vm.__table__.columns]
+        await uow.session.execute(
+            insert(Vm), [{key: getattr(vm, key) for key in columns} for vm in vms]
+        )
+
+    def _new_operation(
+        self, uow: UnitOfWork, ctx: RequestContext, req: dict[str, Any], vm: Vm
+    ) -> Operation:
         op = self.operations.create(
             uow,
             ctx,
             "vm.create",
             resource_type="vm",
-            resource_id=vm_id,
+            resource_id=vm.id,
             input={"password": req.get("password")} if req.get("password") else {},
         )
-        ctx.audit.resource_id = vm_id
-        return vm, op
+        ctx.audit.resource_id = vm.id
+        return op
 
     async def _pick_gpus(self, uow: UnitOfWork, host_id: str, count: int) -> list[str]:
         """Free PCI addresses on the host. The claim's UPDATE holds the host row until
