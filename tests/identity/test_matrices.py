@@ -161,7 +161,7 @@ async def test_readonly_reads_everything_and_changes_nothing(client, world):
 
 async def test_custom_role_can_do_exactly_its_permissions(client, world):
     spec, ids = world["spec"], world["ids"]
-    granted = {"user:read", "apikey:create", "apikey:read"}
+    granted = {"vm:read", "vm:start"}  # the example role
     r = await client.post(
         "/v1/roles",
         json={"name": "narrow", "permissions": sorted(granted)},
