@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    Table,
     bindparam,
     case,
     delete,
@@ -282,7 +283,8 @@ async def take_quotas(
     for i, resource in enumerate(resources):
         params[f"amount_{i}"] = amounts[resource]
         params[f"default_{i}"] = defaults[resource]
-    result = await session.execute(_take_quotas_statement(resources), params)
+    conn = await session.connection()  # Core: the ORM's bulk-UPDATE path costs ~0.3 ms
+    result = await conn.execute(_take_quotas_statement(resources), params)
     return set(result.scalars().all())
 
 
@@ -294,35 +296,37 @@ def _take_quotas_statement(resources: tuple[str, ...]) -> Any:
     stmt = _TAKE_QUOTAS.get(resources)
     if stmt is not None:
         return stmt
+    usage_table = cast(Table, QuotaUsage.__table__)
+    usage = usage_table.c
+    limits = cast(Table, QuotaLimit.__table__).c
     amount = case(
         {r: bindparam(f"amount_{i}", type_=Integer) for i, r in enumerate(resources)},
-        value=QuotaUsage.resource,
+        value=usage.resource,
     )
     default = case(
         {r: bindparam(f"default_{i}", type_=Integer) for i, r in enumerate(resources)},
-        value=QuotaUsage.resource,
+        value=usage.resource,
     )
     override = (
-        select(QuotaLimit.limit)
+        select(limits.limit)
         .where(
-            QuotaLimit.tenant_id == QuotaUsage.tenant_id,
-            QuotaLimit.region == QuotaUsage.region,
-            QuotaLimit.resource == QuotaUsage.resource,
+            limits.tenant_id == usage.tenant_id,
+            limits.region == usage.region,
+            limits.resource == usage.resource,
         )
         .scalar_subquery()
     )
     limit = func.coalesce(override, default)
     stmt = (
-        update(QuotaUsage)
+        update(usage_table)
         .where(
-            QuotaUsage.tenant_id == bindparam("q_tenant_id"),
-            QuotaUsage.region == bindparam("q_region"),
-            QuotaUsage.resource.in_(resources),
-            or_(limit == -1, QuotaUsage.used + amount <= limit),
+            usage.tenant_id == bindparam("q_tenant_id"),
+            usage.region == bindparam("q_region"),
+            usage.resource.in_(resources),
+            or_(limit == -1, usage.used + amount <= limit),
         )
-        .values(used=QuotaUsage.used + amount)
-        .returning(QuotaUsage.resource)
-        .execution_options(synchronize_session=False)
+        .values(used=usage.used + amount)
+        .returning(usage.resource)
     )
     _TAKE_QUOTAS[resources] = stmt
     return stmt

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     Insert,
     Integer,
+    Table,
     bindparam,
     case,
     delete,
@@ -403,18 +404,20 @@ class PlacementService:
             # The usual batch: equal VMs on distinct hosts of one cluster. A statement built
             # once, so SQLAlchemy neither rebuilds nor re-keys it for every request.
             uniform = {k: next(iter(v.values())) for k, v in params.items() if k != "ids"}
-            result = await uow.session.execute(_CLAIM_UNIFORM, {"ids": params["ids"], **uniform})
+            conn = await uow.session.connection()
+            result = await conn.execute(_CLAIM_UNIFORM, {"ids": params["ids"], **uniform})
             return set(result.scalars().all())
 
         def per_host(key: str) -> ColumnElement[Any]:
-            return case(params[key], value=Host.id)
+            return case(params[key], value=_HOSTS.c.id)
 
         vcpus, memory, disk, gpus = (
             per_host(k) for k in ("n_vcpus", "n_memory", "n_disk", "n_gpus")
         )
-        result = await uow.session.execute(
+        conn = await uow.session.connection()
+        result = await conn.execute(
             _claim_statement(
-                Host.id.in_(params["ids"]),
+                _HOSTS.c.id.in_(params["ids"]),
                 vcpus,
                 memory,
                 disk,
@@ -432,22 +435,25 @@ class PlacementService:
         the VMs that got theirs (a slot another scheduler took first is not overwritten)."""
         rows = [{"group_id": group_id, "host_id": h.id, "vm_id": vm_id} for vm_id, h in placed]
         insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        stmt: Insert = insert_(AntiAffinitySlot).values(rows).on_conflict_do_nothing()
-        result = await uow.session.execute(stmt.returning(AntiAffinitySlot.vm_id))
+        slots = cast(Table, AntiAffinitySlot.__table__)
+        stmt: Insert = insert_(slots).values(rows).on_conflict_do_nothing()
+        conn = await uow.session.connection()
+        result = await conn.execute(stmt.returning(slots.c.vm_id))
         return set(result.scalars().all())
 
     async def _release_claim(
         self, uow: UnitOfWork, host_id: str, vcpus: int, memory_mib: int, disk_gib: int
     ) -> None:
-        await uow.session.execute(
-            update(Host)
-            .where(Host.id == host_id)
+        h = _HOSTS.c
+        conn = await uow.session.connection()
+        await conn.execute(
+            update(_HOSTS)
+            .where(h.id == host_id)
             .values(
-                vcpus_used=Host.vcpus_used - vcpus,
-                memory_mib_used=Host.memory_mib_used - memory_mib,
-                disk_gib_used=Host.disk_gib_used - disk_gib,
+                vcpus_used=h.vcpus_used - vcpus,
+                memory_mib_used=h.memory_mib_used - memory_mib,
+                disk_gib_used=h.disk_gib_used - disk_gib,
             )
-            .execution_options(synchronize_session=False)
         )
 
     async def _claim(
@@ -562,6 +568,11 @@ class PlacementService:
         return bool(getattr(result, "rowcount", 0))
 
 
+# Claims are Core statements on the table: the ORM's bulk-UPDATE path adds ~0.3 ms of
+# Python per statement and nothing these statements need.
+_HOSTS = cast(Table, Host.__table__)
+
+
 def _claim_statement(
     hosts: ColumnElement[bool],
     vcpus: ColumnElement[Any],
@@ -572,29 +583,29 @@ def _claim_statement(
     ram_ratio: ColumnElement[Any],
 ) -> Any:
     """Claim on ``hosts`` what each needs, only where it still fits; RETURNING those."""
+    h = _HOSTS.c
     return (
-        update(Host)
+        update(_HOSTS)
         .where(
             hosts,
-            Host.admin_state == "enabled",
-            Host.liveness == "up",
-            Host.vcpus_used + vcpus <= Host.cores * cpu_ratio,
-            Host.memory_mib_used + memory_mib <= Host.memory_mib * ram_ratio,
-            Host.disk_gib_used + disk_gib <= Host.disk_gib,
+            h.admin_state == "enabled",
+            h.liveness == "up",
+            h.vcpus_used + vcpus <= h.cores * cpu_ratio,
+            h.memory_mib_used + memory_mib <= h.memory_mib * ram_ratio,
+            h.disk_gib_used + disk_gib <= h.disk_gib,
         )
         .values(
-            vcpus_used=Host.vcpus_used + vcpus,
-            memory_mib_used=Host.memory_mib_used + memory_mib,
-            disk_gib_used=Host.disk_gib_used + disk_gib,
-            gpus_used=Host.gpus_used + gpus,
+            vcpus_used=h.vcpus_used + vcpus,
+            memory_mib_used=h.memory_mib_used + memory_mib,
+            disk_gib_used=h.disk_gib_used + disk_gib,
+            gpus_used=h.gpus_used + gpus,
         )
-        .returning(Host.id)
-        .execution_options(synchronize_session=False)
+        .returning(h.id)
     )
 
 
 _CLAIM_UNIFORM = _claim_statement(
-    Host.id.in_(bindparam("ids", expanding=True)),
+    _HOSTS.c.id.in_(bindparam("ids", expanding=True)),
     bindparam("n_vcpus", type_=Integer),
     bindparam("n_memory", type_=Integer),
     bindparam("n_disk", type_=Integer),
