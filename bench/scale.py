@@ -44,8 +44,10 @@ import contextlib
 import gc
 import itertools
 import json
+import os
 import platform
 import random
+import re
 import resource
 import secrets
 import sys
@@ -58,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from altostack.api.app import create_app
@@ -119,6 +121,7 @@ class Window:
     per_sec: float  # all placements of the window / its wall time
     single_per_sec: float  # count=1 requests only
     batch_per_sec: float  # count=10 (and count=3 group) requests only
+    cpu_ms_per_vm: float  # this process's CPU time (all threads) per placement
     rss_mib: float
 
 
@@ -133,6 +136,9 @@ class ScaleResult:
     setup_seconds: float
     seconds: float
     per_sec: float
+    cpu_ms_per_vm: float
+    load_before: float  # 1-minute load average of the machine, before and after
+    load_after: float
     single_per_sec: float
     batch_per_sec: float
     request_single: Latency
@@ -143,6 +149,7 @@ class ScaleResult:
     windows: list[Window]
     refreshes: Refreshes
     reads: dict[str, Latency]
+    plans: dict[str, str]  # the database's plan for each list query
     checks: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
@@ -321,6 +328,7 @@ async def create_vms(
     total = 0
     started = time.perf_counter()
     for requests in windows:
+        cpu = time.process_time()
         times = {False: 0.0, True: 0.0}
         made = {False: 0, True: 0}
         for batch in (False, True):
@@ -343,14 +351,16 @@ async def create_vms(
                 per_sec=(made[False] + made[True]) / (times[False] + times[True]),
                 single_per_sec=made[False] / times[False] if made[False] else 0.0,
                 batch_per_sec=made[True] / times[True] if made[True] else 0.0,
+                cpu_ms_per_vm=(time.process_time() - cpu) * 1000.0 / (made[False] + made[True]),
                 rss_mib=rss_mib(),
             )
         )
         w = timeline[-1]
         progress(
             f"  {total:>7} VMs  {w.per_sec:6.0f}/s  (count=1 {w.single_per_sec:5.0f}/s, "
-            f"count=10 {w.batch_per_sec:5.0f}/s)  RSS {w.rss_mib:5.0f} MiB  "
-            f"{time.perf_counter() - started:6.0f}s"
+            f"count=10 {w.batch_per_sec:5.0f}/s)  CPU {w.cpu_ms_per_vm:4.2f} ms/VM  "
+            f"RSS {w.rss_mib:5.0f} MiB  load {os.getloadavg()[0]:4.1f}  "
+            f"{time.perf_counter() - started:5.0f}s"
         )
     return stats, timeline, time.perf_counter() - started
 
@@ -396,7 +406,9 @@ def _fresh(ctx: RequestContext) -> RequestContext:
 
 async def read_latencies(
     c: Cloud, vm_ids: dict[str, list[str]], samples: int, rng: random.Random
-) -> dict[str, Latency]:
+) -> tuple[dict[str, Latency], dict[str, str]]:
+    """p50/p99 of the list and get routes, as the owner and as the admin, and the plan
+    the database chose for each list query (captured from the request itself)."""
     app = create_app(c.container, manage_lifecycle=False)
     transport = httpx.ASGITransport(app=app)
     # The tenant with the most VMs (they are spread evenly, so any of them).
@@ -407,6 +419,7 @@ async def read_latencies(
     deep_all = _deep_cursor(sorted(all_vms, reverse=True))
     owner_ctx = next(o for o in c.owners if o.principal.tenant_id == tenant_id)
     reads: dict[str, Latency] = {}
+    plans: dict[str, str] = {}
     async with httpx.AsyncClient(transport=transport, base_url="http://alto.test") as client:
         owner = await _login(client, "owner", OWNER_PASSWORD, owner_ctx.principal.tenant_name)
         admin = await _login(client, "admin", ADMIN_PASSWORD, "system")
@@ -414,14 +427,40 @@ async def read_latencies(
             ("owner", owner, tenant_vms, deep_tenant),
             ("admin", admin, all_vms, deep_all),
         ):
-            first = "/v1/vms?limit=100"
-            reads[f"list first page ({who})"] = await _time_get(client, headers, [first] * samples)
+            lists = {"list first page": "/v1/vms?limit=100"}
             if deep is not None:
-                url = f"/v1/vms?limit=100&cursor={deep}"
-                reads[f"list deep page ({who})"] = await _time_get(client, headers, [url] * samples)
+                lists["list deep page"] = f"/v1/vms?limit=100&cursor={deep}"
+            for name, url in lists.items():
+                reads[f"{name} ({who})"] = await _time_get(client, headers, [url] * samples)
+                plans[f"{name} ({who})"] = await explain(c, client, headers, url)
             urls = [f"/v1/vms/{rng.choice(ids)}" for _ in range(samples)]
             reads[f"get one VM ({who})"] = await _time_get(client, headers, urls)
-    return reads
+    return reads, plans
+
+
+async def explain(c: Cloud, client: httpx.AsyncClient, headers: dict[str, str], url: str) -> str:
+    """The plan of the VM query that ``GET url`` runs: the statement is captured from the
+    request and explained with its own parameters."""
+    engine = c.container.db.engine.sync_engine
+    captured: list[tuple[str, Any]] = []
+
+    def grab(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM vms" in statement:
+            captured.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        await client.get(url, headers=headers)
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    if not captured:
+        return "(no VM query seen)"
+    statement, params = captured[-1]
+    prefix = "EXPLAIN QUERY PLAN " if c.container.db.is_sqlite else "EXPLAIN "
+    async with c.container.db.engine.connect() as conn:
+        rows = (await conn.exec_driver_sql(prefix + statement, params)).all()
+    lines = (re.sub(r"\s*\(cost=[^)]*\)", "", str(row[-1])).strip() for row in rows)
+    return " | ".join(line for line in lines if line)
 
 
 def _deep_cursor(newest_first: Sequence[str]) -> str | None:
@@ -567,12 +606,16 @@ async def run(
         progress(f"{database}: {opts.hosts} hosts, {opts.tenants} tenants ready in {setup:.1f}s")
         gc.collect()
         refreshes = time_refreshes(c.container)
+        load_before = os.getloadavg()[0]
+        cpu = time.process_time()
         stats, timeline, seconds = await create_vms(c, windows, opts.concurrency, progress)
+        cpu = time.process_time() - cpu
+        load_after = os.getloadavg()[0]
         created = stats.single_vms + stats.batch_vms
         gc.collect()
         now_rss = rss_mib()
         progress(f"{database}: {created} VMs in {seconds:.1f}s; reading over HTTP")
-        reads = await read_latencies(c, stats.vm_ids, opts.samples, rng)
+        reads, plans = await read_latencies(c, stats.vm_ids, opts.samples, rng)
         checks = await verify(c, created)
     return ScaleResult(
         database=database,
@@ -584,6 +627,9 @@ async def run(
         setup_seconds=setup,
         seconds=seconds,
         per_sec=created / seconds,
+        cpu_ms_per_vm=cpu * 1000.0 / created,
+        load_before=load_before,
+        load_after=load_after,
         single_per_sec=stats.single_vms / stats.single_wall if stats.single_wall else 0.0,
         batch_per_sec=stats.batch_vms / stats.batch_wall if stats.batch_wall else 0.0,
         request_single=Latency.of(stats.single_seconds),
@@ -594,6 +640,7 @@ async def run(
         windows=timeline,
         refreshes=refreshes,
         reads=reads,
+        plans=plans,
         checks=checks,
     )
 
@@ -673,6 +720,8 @@ def summary(results: Sequence[ScaleResult]) -> str:
             f" ms, p99 {r.request_batch.p99_ms:.1f} ms per request",
             f"  first / last window   {r.windows[0].per_sec:8.0f} / {r.windows[-1].per_sec:.0f}"
             "  placements/s",
+            f"  CPU per placement     {r.cpu_ms_per_vm:8.2f} ms (this process, all threads);"
+            f" load average {r.load_before:.1f} -> {r.load_after:.1f}",
             f"  RSS                   {r.rss_mib:8.0f} MiB (peak {r.peak_rss_mib:.0f} MiB)",
             f"  snapshot refreshes    {r.refreshes.count:8d}   ({r.refreshes.seconds:.1f}s in all,"
             f" slowest {r.refreshes.max_ms:.0f} ms)",
@@ -680,6 +729,8 @@ def summary(results: Sequence[ScaleResult]) -> str:
         ]
         for name, lat in r.reads.items():
             lines.append(f"  {name:34} {lat.p50_ms:8.2f} {lat.p99_ms:8.2f} {lat.max_ms:8.2f}")
+        for name, plan in r.plans.items():
+            lines.append(f"  plan {name:29} {plan[:160]}")
         lines.append("  checks: " + ("ok" if r.checks["ok"] else "; ".join(r.checks["problems"])))
         for goal, met in r.goals().items():
             lines.append(f"  goal {goal:24} {'met' if met else 'MISSED'}")
@@ -771,8 +822,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def machine() -> str:
-    import os
-
     return (
         f"{platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}),"
         f" Python {platform.python_version()}, {platform.system()} {platform.release()}"

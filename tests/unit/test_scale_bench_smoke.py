@@ -60,6 +60,8 @@ async def test_small_run(db_url: str, tmp_path: Path) -> None:
         for read in ("list first page", "list deep page", "get one VM")
     }
     assert all(lat.samples == 5 and lat.p99_ms > 0 for lat in result.reads.values())
+    assert set(result.plans) == {k for k in result.reads if k.startswith("list")}
+    assert all("vms" in plan or "ix_" in plan for plan in result.plans.values()), result.plans
     assert result.rss_mib > 0
     text = summary([result])
     assert f"{database}: 20 hosts, 300 VMs" in text and "goal list p99 < 100 ms" in text
