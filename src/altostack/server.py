@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -19,7 +20,7 @@ def banner(container: Container) -> str:
     lines = [
         f"Altostack is up on {url}  (API docs: {url}/docs)",
         f"  database: {s.masked()['database_url']}",
-        f"  bus: {s.bus}   driver: {s.driver}",
+        f"  bus: {s.masked()['bus']}   driver: {s.driver}",
     ]
     if container.bootstrap_password:
         lines += [
@@ -51,4 +52,7 @@ def serve(settings: Settings, **uvicorn_overrides: Any) -> None:
         timeout_graceful_shutdown=max(int(settings.shutdown_grace_seconds), 1),
         **uvicorn_overrides,
     )
+    # uvicorn re-raises the SIGTERM it caught once it has shut down gracefully; with a
+    # no-op handler installed that re-raise is harmless and a clean stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()

@@ -122,11 +122,6 @@ def test_sigterm_drains_requests_and_hands_operations_back(db_url: str, tmp_path
     assert done["result"]["resumed_from"] == checkpoint
 
 
-@pytest.mark.xfail(
-    reason="uvicorn re-raises the captured SIGTERM after its graceful shutdown, so the "
-    "process dies by the signal (-15); server.serve() should return normally (exit 0)",
-    strict=True,
-)
 def test_sigterm_exit_status_is_zero(tmp_path: Path):
     """A clean stop on SIGTERM is a success for service managers and scripts."""
     env = server_env(ALTO_SHUTDOWN_GRACE_SECONDS="1")

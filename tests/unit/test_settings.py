@@ -125,11 +125,6 @@ def test_mask_url(url: str, shown: str):
     assert mask_url(url) == shown
 
 
-@pytest.mark.xfail(
-    reason="server.banner() prints settings.bus as given; it should print "
-    "settings.masked()['bus'] like it does for the database URL",
-    strict=True,
-)
 def test_start_banner_hides_bus_password(tmp_path: Path):
     from types import SimpleNamespace
 

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from altostack.api import problems
 from altostack.api.schemas import OperationOut
-from altostack.domain.errors import DomainError, Unauthenticated
+from altostack.domain.errors import DomainError, InvalidRequest, Unauthenticated
 from altostack.services.context import Principal, RequestContext
 from altostack.services.events import build_event
 from altostack.services.idempotency import StoredResponse, check_key, request_fingerprint
@@ -100,6 +100,15 @@ class _TooLarge(Exception):
 
 class _KeyRace(Exception):
     """Another request with the same idempotency key committed while we waited."""
+
+
+def _problem_captured(scope: Scope, exc: DomainError) -> _Captured:
+    response = problems.from_domain(exc, scope.get("path"))
+    captured = _Captured()
+    captured.status = exc.status
+    captured.headers = list(response.raw_headers)
+    captured.body = bytearray(bytes(response.body))
+    return captured
 
 
 def _crashed(scope: Scope) -> _Captured:
@@ -283,6 +292,13 @@ class ApiMiddleware:
                     await self.c.events.record(self._event(scope, ctx, captured, "success"))
             else:
                 captured, replayed = await self._run_in_transaction(scope, body, ctx, idem)
+        except DBAPIError as exc:
+            reason = problems.bad_value_reason(exc)
+            if reason is None:
+                log.exception("mutation crashed", path=scope.get("path"), exc_info=exc)
+                captured, replayed = _crashed(scope), False
+            else:  # a value from the request that the database refused at commit
+                captured, replayed = _problem_captured(scope, InvalidRequest(reason)), False
         except Exception as exc:
             log.exception("mutation crashed", path=scope.get("path"), exc_info=exc)
             captured, replayed = _crashed(scope), False
