@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, insert, select
+from sqlalchemy import ColumnElement, Table, bindparam, insert, select
 from sqlalchemy.orm.attributes import manager_of_class
 
 from altostack.db.database import Database
@@ -41,6 +41,20 @@ CONSOLE_SECONDS = 300
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BATCH = 10
 MAX_USER_DATA = 1024 * 1024
+
+
+def _type_and_image_statement(by_id: bool) -> Any:
+    """An instance type (by id or by name) and an image in one row; built once."""
+    column = InstanceType.id if by_id else InstanceType.name
+    return (
+        select(InstanceType, Image)
+        .join(Image, Image.id == bindparam("image_id"))
+        .where(column == bindparam("type_ref"))
+    )
+
+
+_TYPE_AND_IMAGE_BY_ID = _type_and_image_statement(True)
+_TYPE_AND_IMAGE_BY_NAME = _type_and_image_statement(False)
 
 
 def vm_view(vm: Vm) -> dict[str, Any]:
@@ -216,13 +230,10 @@ class VmService:
         """Both rows in one round trip; one by one (to say which is missing) only when the
         pair is not found. Types are named by id or by name, as ``InstanceTypeService``
         resolves them."""
-        column = InstanceType.id if type_ref.startswith("itype-") else InstanceType.name
+        by_id = type_ref.startswith("itype-")
+        stmt = _TYPE_AND_IMAGE_BY_ID if by_id else _TYPE_AND_IMAGE_BY_NAME
         row = (
-            await uow.session.execute(
-                select(InstanceType, Image)
-                .join(Image, Image.id == image_id)
-                .where(column == type_ref)
-            )
+            await uow.session.execute(stmt, {"type_ref": type_ref, "image_id": image_id})
         ).first()
         if row is not None:
             return row[0], row[1]
