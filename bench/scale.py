@@ -240,8 +240,16 @@ class Cloud:
     container: Container
     admin: RequestContext
     owners: list[RequestContext]
+    small: RequestContext  # a tenant with few VMs among everyone else's
     image_id: str
     cluster_id: str
+
+    def owner_for(self, n: int, small_every: int) -> RequestContext:
+        """Request ``n``'s tenant: the small one every ``small_every`` requests, else the
+        big ones in turn."""
+        if small_every and n % small_every == 0:
+            return self.small
+        return self.owners[n % len(self.owners)]
 
 
 def make_settings(db_url: str, data_dir: Path) -> Settings:
@@ -283,9 +291,9 @@ async def _populate(container: Container, hosts: int, tenants: int) -> Cloud:
     container.placement.invalidate()
     admin = RequestContext(principal_for(admin_user, system, "token", None, ("*:*",)))
     owners = []
-    for i in range(tenants):
+    for name in [f"bench-{i + 1}" for i in range(tenants)] + ["bench-small"]:
         view = await container.tenants.create(
-            RequestContext(SYSTEM), f"bench-{i + 1}", None, "owner", OWNER_PASSWORD
+            RequestContext(SYSTEM), name, None, "owner", OWNER_PASSWORD
         )
         await container.quotas.set_limits(
             RequestContext(SYSTEM), view["id"], {"vms": -1, "vcpus": -1, "memory_mib": -1}
@@ -295,7 +303,7 @@ async def _populate(container: Container, hosts: int, tenants: int) -> Cloud:
             tenant = await uow.tenants.get(view["id"])
         assert user is not None and tenant is not None
         owners.append(RequestContext(principal_for(user, tenant, "token", None, ("*:*",))))
-    return Cloud(container, admin, owners, image.id, cluster.id)
+    return Cloud(container, admin, owners[:-1], owners[-1], image.id, cluster.id)
 
 
 # --------------------------------------------------------------------------- placements
@@ -319,6 +327,7 @@ async def create_vms(
     windows: list[list[Request]],
     concurrency: int,
     progress: Callable[[str], None],
+    small_every: int = 0,
 ) -> tuple[CreateStats, list[Window], float]:
     """Run the windows; in each, the count=1 requests and then the count=10 ones, with
     ``concurrency`` requests in flight."""
@@ -337,7 +346,8 @@ async def create_vms(
 
             async def worker(queue: list[Request] = queue) -> None:
                 while queue:
-                    await _create(c, queue.pop(), next(counter), stats)
+                    n = next(counter)
+                    await _create(c, c.owner_for(n, small_every), queue.pop(), n, stats)
 
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -365,10 +375,9 @@ async def create_vms(
     return stats, timeline, time.perf_counter() - started
 
 
-async def _create(c: Cloud, req: Request, n: int, stats: CreateStats) -> None:
+async def _create(c: Cloud, ctx: RequestContext, req: Request, n: int, stats: CreateStats) -> None:
     """One request, or for a group: the group, then its three VMs (one request of count=3
     in batch mode, three requests of count=1 otherwise)."""
-    ctx = c.owners[n % len(c.owners)]
     body: dict[str, Any] = {"instance_type": req.instance_type, "image_id": c.image_id}
     if req.group:
         group = await c.container.placement.create_group(
@@ -407,31 +416,34 @@ def _fresh(ctx: RequestContext) -> RequestContext:
 async def read_latencies(
     c: Cloud, vm_ids: dict[str, list[str]], samples: int, rng: random.Random
 ) -> tuple[dict[str, Latency], dict[str, str]]:
-    """p50/p99 of the list and get routes, as the owner and as the admin, and the plan
-    the database chose for each list query (captured from the request itself)."""
+    """p50/p99 of the list and get routes, as the owner of a big tenant, as the owner of
+    the small tenant (whose VMs are few among many: the case an index must serve) and as
+    the platform admin; and the plan the database chose for each list query."""
     app = create_app(c.container, manage_lifecycle=False)
     transport = httpx.ASGITransport(app=app)
-    # The tenant with the most VMs (they are spread evenly, so any of them).
-    tenant_id = max(vm_ids, key=lambda t: len(vm_ids[t]))
-    tenant_vms = sorted(vm_ids[tenant_id], reverse=True)
-    all_vms = [v for ids in vm_ids.values() for v in ids]
-    deep_tenant = _deep_cursor(tenant_vms)
-    deep_all = _deep_cursor(sorted(all_vms, reverse=True))
-    owner_ctx = next(o for o in c.owners if o.principal.tenant_id == tenant_id)
+    small_id = c.small.principal.tenant_id
+    big_id = max((t for t in vm_ids if t != small_id), key=lambda t: len(vm_ids[t]))
+    callers: list[tuple[str, RequestContext | None, list[str]]] = [
+        ("owner", next(o for o in c.owners if o.principal.tenant_id == big_id), vm_ids[big_id])
+    ]
+    if vm_ids.get(small_id):
+        callers.append(("small tenant", c.small, vm_ids[small_id]))
+    callers.append(("admin", None, [v for ids in vm_ids.values() for v in ids]))
     reads: dict[str, Latency] = {}
     plans: dict[str, str] = {}
     async with httpx.AsyncClient(transport=transport, base_url="http://alto.test") as client:
-        owner = await _login(client, "owner", OWNER_PASSWORD, owner_ctx.principal.tenant_name)
-        admin = await _login(client, "admin", ADMIN_PASSWORD, "system")
-        for who, headers, ids, deep in (
-            ("owner", owner, tenant_vms, deep_tenant),
-            ("admin", admin, all_vms, deep_all),
-        ):
-            lists = {"list first page": "/v1/vms?limit=100"}
+        for who, ctx, ids in callers:
+            if ctx is None:
+                headers = await _login(client, "admin", ADMIN_PASSWORD, "system")
+            else:
+                headers = await _login(client, "owner", OWNER_PASSWORD, ctx.principal.tenant_name)
+            newest_first = sorted(ids, reverse=True)
+            lists = {"list first page": ("/v1/vms?limit=100", min(100, len(ids)))}
+            deep = _deep_cursor(newest_first)
             if deep is not None:
-                lists["list deep page"] = f"/v1/vms?limit=100&cursor={deep}"
-            for name, url in lists.items():
-                reads[f"{name} ({who})"] = await _time_get(client, headers, [url] * samples)
+                lists["list deep page"] = (f"/v1/vms?limit=100&cursor={deep}", 100)
+            for name, (url, items) in lists.items():
+                reads[f"{name} ({who})"] = await _time_get(client, headers, [url] * samples, items)
                 plans[f"{name} ({who})"] = await explain(c, client, headers, url)
             urls = [f"/v1/vms/{rng.choice(ids)}" for _ in range(samples)]
             reads[f"get one VM ({who})"] = await _time_get(client, headers, urls)
@@ -482,7 +494,10 @@ async def _login(
 
 
 async def _time_get(
-    client: httpx.AsyncClient, headers: dict[str, str], urls: Sequence[str]
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    urls: Sequence[str],
+    items: int | None = None,
 ) -> Latency:
     # One warm-up request (authentication cache, statement cache), not counted.
     r = await client.get(urls[0], headers=headers)
@@ -495,8 +510,8 @@ async def _time_get(
         seconds.append(time.perf_counter() - t0)
         if r.status_code != 200:
             raise BenchError(f"GET {url}: {r.status_code} {r.text[:300]}")
-        if "limit=100" in url and len(r.json()["items"]) != 100:
-            raise BenchError(f"GET {url}: {len(r.json()['items'])} items, 100 expected")
+        if items is not None and len(r.json()["items"]) != items:
+            raise BenchError(f"GET {url}: {len(r.json()['items'])} items, {items} expected")
     return Latency.of(seconds)
 
 
@@ -588,6 +603,7 @@ class Options:
     single_share: float = 0.1
     window: int = 10_000
     samples: int = 300
+    small_every: int = 500  # one request in this many is the small tenant's
     seed: int = 1
 
 
@@ -608,7 +624,9 @@ async def run(
         refreshes = time_refreshes(c.container)
         load_before = os.getloadavg()[0]
         cpu = time.process_time()
-        stats, timeline, seconds = await create_vms(c, windows, opts.concurrency, progress)
+        stats, timeline, seconds = await create_vms(
+            c, windows, opts.concurrency, progress, opts.small_every
+        )
         cpu = time.process_time() - cpu
         load_after = os.getloadavg()[0]
         created = stats.single_vms + stats.batch_vms
@@ -684,7 +702,8 @@ def private_postgres() -> Any:
     from tests.support.real import start_postgres
 
     try:
-        server = start_postgres()
+        with contextlib.redirect_stdout(sys.stderr):  # it prints its port: keep --json clean
+            server = start_postgres()
     except BaseException as exc:  # pytest.skip raises an exception outside pytest too
         raise BenchError(f"PostgreSQL could not start: {exc}") from exc
     try:
@@ -712,7 +731,7 @@ def summary(results: Sequence[ScaleResult]) -> str:
         lines += [
             "",
             f"{r.database}: {r.hosts} hosts, {r.vms} VMs ({r.groups} hard anti-affinity groups "
-            f"of 3), {r.tenants} tenants, {r.concurrency} requests in flight",
+            f"of 3), {r.tenants} tenants + a small one, {r.concurrency} requests in flight",
             f"  placements/s          {r.per_sec:8.0f}   ({r.vms} VMs in {r.seconds:.1f}s)",
             f"    count=1 requests    {r.single_per_sec:8.0f}   p50 {r.request_single.p50_ms:.1f}"
             f" ms, p99 {r.request_single.p99_ms:.1f} ms per request",
