@@ -73,7 +73,6 @@ from altostack.drivers.compute.qemu_process import (
     kill_now,
     launch,
     live_pid,
-    pids_with,
     qmp_session,
     read_pidfile,
     wait_gone,
@@ -343,10 +342,7 @@ class QemuComputeDriver(ComputeDriver):
     # -- ensure ----------------------------------------------------------------------------
 
     async def ensure_vm(self, spec: VmSpec, *, stop_timeout: float = 60.0) -> VmStatus:
-        try:
-            self.paths(spec.id)
-        except VmNotFound:
-            raise InvalidSpec(f"{spec.id!r} cannot be a VM id on this host") from None
+        self.paths(spec.id)
         async with self._lock(spec.id):
             observed = await self._observe(spec.id, tidy=True)
             if observed is None:
@@ -636,9 +632,9 @@ class QemuComputeDriver(ComputeDriver):
 
     def _end_leftover(self, paths: VmPaths) -> None:
         """Kill a QEMU of this VM that should not be there (crashed, half-started)."""
-        marker = str(paths.dir)
-        for pid in pids_with(f"{marker}/"):
-            kill_now(pid, marker)
+        pid = live_pid(paths.pidfile, str(paths.dir))
+        if pid is not None:
+            kill_now(pid, str(paths.dir))
         self._remove_runtime_files(paths)
 
     @staticmethod
@@ -944,7 +940,9 @@ class QemuComputeDriver(ComputeDriver):
 
     def _purge(self, paths: VmPaths) -> None:
         """Remove everything of a VM now (clean-up paths: works even when cancelled)."""
-        self._end_leftover(paths)
+        pid = read_pidfile(paths.pidfile)
+        if pid is not None:
+            kill_now(pid, str(paths.dir))
         shutil.rmtree(paths.dir, ignore_errors=True)
 
 
