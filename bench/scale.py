@@ -639,6 +639,7 @@ async def run(
         progress(f"{database}: {created} VMs in {seconds:.1f}s; reading over HTTP")
         reads, plans = await read_latencies(c, stats.vm_ids, opts.samples, rng)
         checks = await verify(c, created)
+        checks["small_tenant_vms"] = len(stats.vm_ids.get(c.small.principal.tenant_id, []))
     return ScaleResult(
         database=database,
         hosts=opts.hosts,
