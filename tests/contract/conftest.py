@@ -189,9 +189,12 @@ async def _just(harness: Any) -> AsyncIterator[Any]:
 
 Factory = Callable[[], AbstractAsyncContextManager[Any]]
 
+from tests.contract.qemu_harness import pytest_collection_modifyitems, qemu_compute_harness  # noqa: E402, F401 (needs ComputeHarness)
+
 COMPUTE_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimComputeHarness()),
     "sim-minimal": lambda: _just(SimComputeHarness(ComputeCapabilities())),
+    "qemu": qemu_compute_harness,
 }
 STORAGE_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimStorageHarness()),

@@ -1,0 +1,116 @@
+"""Base images on one host: ``<directory>/<image_id>.qcow2``, each stored once.
+
+The ``qemu`` driver makes every root disk a qcow2 overlay on one of these. Images arrive
+here by :meth:`LocalImageCache.add` (a hard link or a copy of a local file, checksummed);
+the local storage driver will fill it from the image service. A base image must never
+change while overlays use it: nothing here writes to one, and new content needs a new id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from altostack.drivers.errors import BackendFailure, ImageNotFound, InvalidSpec
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_id(image_id: str) -> None:
+    if not _ID.match(image_id):
+        raise InvalidSpec(f"invalid image id {image_id!r}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def qemu_img_info(path: Path) -> dict[str, object]:
+    """``qemu-img info --output=json`` of ``path`` (``-U``: it may be in use)."""
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "info", "-U", "--output=json", str(path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackendFailure(f"qemu-img info {path}: {err.decode(errors='replace').strip()}")
+    info = json.loads(out)
+    if not isinstance(info, dict):
+        raise BackendFailure(f"qemu-img info {path}: unexpected output")
+    return info
+
+
+class LocalImageCache:
+    """A directory of base images keyed by image id."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, image_id: str) -> Path:
+        _check_id(image_id)
+        return self.directory / f"{image_id}.qcow2"
+
+    def has(self, image_id: str) -> bool:
+        return self._file(image_id).is_file()
+
+    def path(self, image_id: str) -> Path:
+        """The image's file; ``ImageNotFound`` when it is not on this host."""
+        path = self._file(image_id)
+        if not path.is_file():
+            raise ImageNotFound(image_id, f"image {image_id!r} is not on this host")
+        return path
+
+    def list(self) -> list[str]:
+        return sorted(p.name.removesuffix(".qcow2") for p in self.directory.glob("*.qcow2"))
+
+    def add(self, image_id: str, source: Path, *, sha256: str | None = None) -> Path:
+        """Store ``source`` (a qcow2 file) as ``image_id``: a hard link when possible.
+
+        Adding the same content again is a no-op; other content under an existing id is
+        ``InvalidSpec`` (base images never change under their overlays).
+        """
+        target = self._file(image_id)
+        digest = sha256_file(source)
+        if sha256 is not None and digest != sha256.lower():
+            raise BackendFailure(f"checksum mismatch for {source}: {digest} != {sha256}")
+        if target.exists():
+            if sha256_file(target) == digest:
+                return target
+            raise InvalidSpec(f"image {image_id!r} exists here with other content")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+                os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return target
+
+    def remove(self, image_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._file(image_id).unlink()
+
+    async def virtual_size(self, image_id: str) -> int:
+        """The image's virtual disk size in bytes."""
+        info = await qemu_img_info(self.path(image_id))
+        size = info.get("virtual-size")
+        if not isinstance(size, int):
+            raise BackendFailure(f"qemu-img info of image {image_id!r} has no virtual size")
+        return size

@@ -1,0 +1,968 @@
+"""The ``qemu`` compute backend: each VM is a daemonized ``qemu-system-<arch>`` driven by QMP.
+
+Everything about a VM lives in ``<state_dir>/vms/<vm_id>/`` (see
+:class:`~altostack.drivers.compute.qemu_cmdline.VmPaths`): its record ``vm.json``
+(configuration and power intent, no secrets), the root disk (a qcow2 overlay on a base
+image from a :class:`~altostack.drivers.compute.local_images.LocalImageCache`), the NoCloud
+seed (``seed-<n>.iso`` built from ``seed.json``), and while it runs the QEMU pidfile, two
+QMP sockets, the serial console socket and its log ``console.log``, and ``events.log``.
+
+The driver keeps nothing in memory that matters: a new instance (an agent restart) reads
+the records and pidfiles and re-adopts the running QEMUs, which are never its children.
+
+How the state is told (:meth:`QemuComputeDriver.get_vm`):
+
+- QEMU alive: QMP ``query-status``: ``running``; ``paused`` (also ``suspended``,
+  ``io-error``, migration states); ``shutdown`` (QEMU runs with ``-no-shutdown``) means the
+  guest powered off: ``stopped`` by the ``guest`` unless the driver was stopping it, and
+  the driver then quits that QEMU; ``guest-panicked`` / ``internal-error``: ``crashed``.
+- QEMU gone: ``crashed`` if the driver had powered it on (it was killed or died), else
+  ``stopped``.
+
+Passwords, SSH keys, hostname and user data reach the guest through the seed, read at
+boot: ``set_password`` rebuilds the seed (swapping it live under a running VM) and takes
+effect at the guest's next boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from altostack.drivers.compute.base import (
+    Accel,
+    ComputeCapabilities,
+    ComputeDriver,
+    ConsoleEndpoint,
+    HostInfo,
+    StoppedBy,
+    VmSpec,
+    VmState,
+    VmStatus,
+)
+from altostack.drivers.compute.local_images import LocalImageCache
+from altostack.drivers.compute.qemu_cmdline import (
+    NicForward,
+    QemuCommand,
+    QemuMachine,
+    VmPaths,
+    build_command,
+    parse_machine_help,
+)
+from altostack.drivers.compute.qemu_host import (
+    GIB,
+    detect_accel,
+    disk_gib,
+    host_arch,
+    host_cores,
+    host_memory_mib,
+    qemu_binary,
+)
+from altostack.drivers.compute.qemu_process import (
+    Qmp,
+    kill_and_wait,
+    kill_now,
+    launch,
+    live_pid,
+    qmp_session,
+    read_pidfile,
+    wait_gone,
+)
+from altostack.drivers.compute.qemu_record import (
+    VmRecord,
+    append_event,
+    load_record,
+    now_iso,
+    save_record,
+)
+from altostack.drivers.compute.qemu_seed import (
+    SeedContent,
+    build_seed_iso,
+    guest_hostname,
+    read_seed,
+    save_seed_json,
+)
+from altostack.drivers.errors import (
+    BackendFailure,
+    DriverError,
+    InsufficientResources,
+    InvalidSpec,
+    InvalidState,
+    NotSupported,
+    VmNotFound,
+)
+from altostack.drivers.faults import FaultInjector
+
+__all__ = ["QEMU_CAPABILITIES", "LocalImageCache", "QemuComputeDriver"]
+
+QEMU_CAPABILITIES = ComputeCapabilities(pause=True, console=True)
+"""No CPU/memory hot-add, disk/NIC hot-plug or migration yet: those need a restart."""
+
+POWERDOWN_RETRY = 1.0
+"""Seconds between ACPI power button presses during a graceful stop (an early-booting
+guest misses the first press, as on real hardware)."""
+CTRL_ALT_DEL_RETRY = 2.0
+VNC_BASE_PORT = 5900
+VNC_PORTS = 10000
+
+_PAUSED_RUNSTATES = frozenset(
+    {"paused", "suspended", "io-error", "debug", "watchdog", "inmigrate", "postmigrate",
+     "finish-migrate", "save-vm", "restore-vm", "colo"}
+)  # fmt: skip
+_CRASHED_RUNSTATES = frozenset({"guest-panicked", "internal-error"})
+_CTRL_ALT_DEL = [{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")]
+
+
+@dataclass
+class _Observed:
+    """A VM as found on the host right now."""
+
+    record: VmRecord
+    pid: int | None
+    runstate: str | None
+    state: VmState
+    stopped_by: StoppedBy | None
+
+
+class QemuComputeDriver(ComputeDriver):
+    """One QEMU host.
+
+    ``state_dir`` holds the VMs (``vms/``); ``images`` the base images root disks are made
+    from. ``accel`` defaults to what :func:`detect_accel` finds; ``console_host`` is the
+    address VNC listens on and status reports name.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        images: LocalImageCache,
+        *,
+        faults: FaultInjector | None = None,
+        hostname: str | None = None,
+        console_host: str = "127.0.0.1",
+        accel: Accel | None = None,
+        binary: str | None = None,
+        soft_reboot_timeout: float = 30.0,
+        forward_http: bool = True,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.vms_dir = self.state_dir / "vms"
+        self.vms_dir.mkdir(parents=True, exist_ok=True)
+        self.images = images
+        self.faults = faults or FaultInjector()
+        self.hostname = hostname or socket.gethostname()
+        self.console_host = console_host
+        self.accel: Accel = accel or detect_accel()
+        self.arch = host_arch()
+        self.binary = binary or qemu_binary(self.arch)
+        self.soft_reboot_timeout = soft_reboot_timeout
+        self.forward_http = forward_http
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._status_locks: dict[str, asyncio.Lock] = {}
+        self._host_lock = asyncio.Lock()
+        self._booting: dict[str, int] = {}
+        self._reserved_ports: set[int] = set()
+        self._machine_type_cache: str | None = None
+
+    @property
+    def capabilities(self) -> ComputeCapabilities:
+        return QEMU_CAPABILITIES
+
+    # -- helpers for the agent and tests -------------------------------------------------
+
+    def paths(self, vm_id: str) -> VmPaths:
+        if not vm_id or "/" in vm_id or vm_id.startswith("."):
+            raise VmNotFound(vm_id)
+        return VmPaths(self.vms_dir / vm_id)
+
+    def console_output(self, vm_id: str, lines: int | None = None) -> str:
+        """The tail of the VM's serial console log (all of it when ``lines`` is None)."""
+        paths = self.paths(vm_id)
+        if not paths.record.exists():
+            raise VmNotFound(vm_id)
+        try:
+            text = paths.console_log.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        if lines is None:
+            return text
+        return "".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else ""
+
+    def http_endpoint(self, vm_id: str, nic: int = 0) -> tuple[str, int] | None:
+        """Where the host reaches port 80 of the VM's NIC ``nic`` (user-mode networking)."""
+        record = load_record(self.paths(vm_id).record)
+        if record is None or nic >= len(record.http_ports):
+            return None
+        return ("127.0.0.1", record.http_ports[nic])
+
+    def command(self, vm_id: str) -> QemuCommand:
+        """The command line the VM's next start will use (inspectable, as data)."""
+        record = load_record(self.paths(vm_id).record)
+        if record is None:
+            raise VmNotFound(vm_id)
+        return build_command(self.binary or "qemu-system-x86_64", self._machine(record))
+
+    # -- observing -----------------------------------------------------------------------
+
+    async def host_info(self) -> HostInfo:
+        return HostInfo(
+            hostname=self.hostname,
+            arch=self.arch,
+            cores=host_cores(),
+            memory_mib=host_memory_mib(),
+            disk_gib=disk_gib(self.state_dir),
+            gpus=(),
+            accel=self.accel,
+        )
+
+    async def list_vms(self) -> list[VmStatus]:
+        found = []
+        for vm_id in self._vm_ids():
+            observed = await self._look(vm_id)
+            if observed is not None:
+                found.append(self._status(observed))
+        return found
+
+    async def get_vm(self, vm_id: str) -> VmStatus | None:
+        try:
+            self.paths(vm_id)
+        except VmNotFound:
+            return None
+        observed = await self._look(vm_id)
+        return None if observed is None else self._status(observed)
+
+    def _vm_ids(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.vms_dir.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    async def _look(self, vm_id: str) -> _Observed | None:
+        """Observe a VM; tidy up after a guest power-off unless an operation is under way."""
+        lock = self._lock(vm_id)
+        if lock.locked():
+            return await self._observe(vm_id, tidy=False)
+        async with lock:
+            return await self._observe(vm_id, tidy=True)
+
+    async def _observe(self, vm_id: str, *, tidy: bool) -> _Observed | None:
+        paths = self.paths(vm_id)
+        if paths.creating.exists():
+            return None
+        record = load_record(paths.record)
+        if record is None:
+            return None
+        pid = live_pid(paths.pidfile, str(paths.dir))
+        if pid is None:
+            if record.power == "running":
+                return _Observed(record, None, None, "crashed", None)
+            return _Observed(record, None, None, "stopped", record.stopped_by or "api")
+        runstate = await self._runstate(paths, vm_id)
+        observed = self._classify(record, pid, runstate)
+        if tidy and runstate == "shutdown" and record.power == "running":
+            observed = await self._after_guest_poweroff(observed)
+        return observed
+
+    @staticmethod
+    def _classify(record: VmRecord, pid: int, runstate: str | None) -> _Observed:
+        if runstate == "running":
+            return _Observed(record, pid, runstate, "running", None)
+        if runstate == "shutdown":
+            by: StoppedBy = "guest" if record.power == "running" else "api"
+            return _Observed(record, pid, runstate, "stopped", by)
+        if runstate in _CRASHED_RUNSTATES:
+            return _Observed(record, pid, runstate, "crashed", None)
+        if runstate in _PAUSED_RUNSTATES:
+            return _Observed(record, pid, runstate, "paused", None)
+        # "prelaunch" (a start under way or abandoned) or QMP not answering: by intent.
+        if record.power == "running":
+            return _Observed(record, pid, runstate, "running", None)
+        return _Observed(record, pid, runstate, "stopped", record.stopped_by or "api")
+
+    async def _runstate(self, paths: VmPaths, vm_id: str) -> str | None:
+        lock = self._status_locks.setdefault(vm_id, asyncio.Lock())
+        async with lock:
+            try:
+                async with qmp_session(paths.status_socket, vm_id, timeout=5.0) as qmp:
+                    return await qmp.runstate()
+            except DriverError:
+                return None
+
+    async def _after_guest_poweroff(self, observed: _Observed) -> _Observed:
+        """The guest powered itself off: end its QEMU and remember who stopped it."""
+        record = observed.record
+        if observed.pid is not None:
+            await self._quit(self.paths(record.id), observed.pid)
+        record.power, record.stopped_by = "stopped", "guest"
+        record.started_at, record.vnc_port, record.http_ports = None, None, []
+        save_record(self.paths(record.id).record, record)
+        append_event(self.paths(record.id).events, "stop guest")
+        return _Observed(record, None, None, "stopped", "guest")
+
+    def _status(self, observed: _Observed) -> VmStatus:
+        record, state = observed.record, observed.state
+        live = state in ("running", "paused")
+        console = (
+            ConsoleEndpoint(self.console_host, record.vnc_port)
+            if live and record.vnc_port is not None
+            else None
+        )
+        return VmStatus(
+            id=record.id,
+            state=state,
+            generation=record.generation,
+            vcpus=record.vcpus,
+            memory_mib=record.memory_mib,
+            started_at=record.started if live else None,
+            stopped_by=observed.stopped_by if state == "stopped" else None,
+            console=console,
+            image_id=record.image_id,
+        )
+
+    async def _require(self, vm_id: str) -> _Observed:
+        observed = await self._observe(vm_id, tidy=True)
+        if observed is None:
+            raise VmNotFound(vm_id)
+        return observed
+
+    @staticmethod
+    def _require_state(observed: _Observed, *states: VmState) -> None:
+        if observed.state not in states:
+            raise InvalidState(observed.state, states, resource_id=observed.record.id)
+
+    # -- ensure ----------------------------------------------------------------------------
+
+    async def ensure_vm(self, spec: VmSpec, *, stop_timeout: float = 60.0) -> VmStatus:
+        self.paths(spec.id)
+        async with self._lock(spec.id):
+            observed = await self._observe(spec.id, tidy=True)
+            if observed is None:
+                self._purge(self.paths(spec.id))  # left over by a create that died midway
+                observed = await self._create(spec)
+            elif spec.generation >= observed.record.generation:
+                observed = await self._converge(observed, spec, stop_timeout)
+            return self._status(observed)
+
+    async def _create(self, spec: VmSpec) -> _Observed:
+        self._check_arch(spec.arch)
+        base = self.images.path(spec.image_id)
+        if spec.power_state == "running":
+            total = host_memory_mib()
+            if spec.memory_mib > total:
+                raise InsufficientResources(
+                    f"{spec.memory_mib} MiB of memory requested; the host has {total} MiB"
+                )
+        self._check_disk(spec.root_disk_gib, excluding=spec.id)
+        paths = self.paths(spec.id)
+        paths.dir.mkdir(mode=0o700, parents=True)
+        paths.creating.touch()
+        try:
+            await self._check_image_fits(spec.image_id, spec.root_disk_gib)
+            self.faults.check("create", spec.id)
+            await self._make_root_disk(base, paths.root_disk, spec.root_disk_gib)
+            record = VmRecord.from_spec(
+                spec, machine_type=await self._machine_type(), accel=self.accel
+            )
+            seed = self._seed(spec, record)
+            await build_seed_iso(seed, paths.seed_iso(record.seed_serial))
+            save_seed_json(seed, paths.seed_json)
+            save_record(paths.record, record)
+            append_event(paths.events, "create")
+            if spec.power_state == "running":
+                await self._power_on(record)
+            paths.creating.unlink()
+        except BaseException:
+            self._purge(paths)
+            raise
+        if spec.power_state == "running":
+            return _Observed(record, read_pidfile(paths.pidfile), "running", "running", None)
+        return _Observed(record, None, None, "stopped", "api")
+
+    def _seed(self, spec: VmSpec, record: VmRecord) -> SeedContent:
+        passwords = () if spec.password is None else (("root", spec.password),)
+        return SeedContent(
+            instance_id=record.instance_id,
+            hostname=guest_hostname(spec.guest_hostname),
+            passwords=passwords,
+            ssh_keys=spec.ssh_keys,
+            user_data=spec.user_data,
+        )
+
+    async def _converge(self, observed: _Observed, spec: VmSpec, stop_timeout: float) -> _Observed:
+        record = observed.record
+        want_running = spec.power_state == "running"
+        if not want_running and observed.state != "stopped":
+            observed = await self._power_off(observed, timeout=stop_timeout, force=False)
+        if observed.state in ("running", "paused"):
+            self._check_live_change(observed, spec)
+            if observed.state == "paused" and want_running:
+                observed = await self._resume(observed)
+        else:
+            record.vcpus, record.memory_mib = spec.vcpus, spec.memory_mib
+            record.apply_guest_config(spec)
+            save_record(self.paths(record.id).record, record)
+            if want_running:
+                await self._power_on(record)
+                observed = _Observed(record, None, "running", "running", None)
+        # The root disk is made once (image and size change only by reinstall).
+        record.apply_guest_config(spec)
+        record.generation = spec.generation
+        save_record(self.paths(record.id).record, record)
+        return observed
+
+    def _check_live_change(self, observed: _Observed, spec: VmSpec) -> None:
+        record = observed.record
+        problems = []
+        if tuple(record.gpus) != spec.gpus:
+            problems.append("GPUs can only change while it is stopped")
+        if tuple(record.nics) != spec.nics:
+            problems.append("NICs can only change while it is stopped on this host")
+        if spec.vcpus < record.vcpus or spec.memory_mib < record.memory_mib:
+            problems.append("a running VM cannot lose vCPUs or memory")
+        elif spec.vcpus > record.vcpus:
+            problems.append("this host cannot add vCPUs to a running VM")
+        elif spec.memory_mib > record.memory_mib:
+            problems.append("this host cannot add memory to a running VM")
+        if problems:
+            raise InvalidState(
+                observed.state,
+                "stopped",
+                resource_id=record.id,
+                message=f"{record.id} is {observed.state}; {'; '.join(problems)}: stop it first",
+            )
+
+    # -- power -----------------------------------------------------------------------------
+
+    async def start_vm(self, vm_id: str) -> VmStatus:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            if observed.state == "paused":
+                raise InvalidState(
+                    "paused",
+                    ("stopped", "crashed"),
+                    resource_id=vm_id,
+                    message=f"{vm_id} is paused; resume it instead of starting it",
+                )
+            if observed.state != "running":
+                await self._power_on(observed.record)
+                observed = _Observed(observed.record, None, "running", "running", None)
+            return self._status(observed)
+
+    async def stop_vm(self, vm_id: str, *, timeout: float, force: bool = False) -> VmStatus:
+        if timeout < 0:
+            raise ValueError("timeout must not be negative")
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            if observed.state != "stopped":
+                observed = await self._power_off(observed, timeout=timeout, force=force)
+            return self._status(observed)
+
+    async def reboot_vm(self, vm_id: str, *, hard: bool = False) -> VmStatus:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            self._require_state(observed, "running")
+            paths = self.paths(vm_id)
+            console_at = _size(paths.console_log)
+            how = "hard"
+            if not hard:
+                async with self._qmp(paths, vm_id) as qmp:
+                    self.faults.check("reboot", vm_id)
+                    how = await self._soft_reboot(qmp)
+            if how != "soft":
+                if hard:
+                    self.faults.check("reboot", vm_id)
+                await self._power_cycle(observed)
+            append_event(paths.events, f"reset {how} console={console_at}")
+            return self._status(await self._require(vm_id))
+
+    async def _soft_reboot(self, qmp: Qmp) -> str:
+        """Ctrl-Alt-Del until the guest resets itself: "soft", or "soft-timeout"."""
+        deadline = time.monotonic() + self.soft_reboot_timeout
+        with qmp.listen(("RESET",)) as listener:
+            while (remaining := deadline - time.monotonic()) > 0:
+                await qmp.execute("send-key", {"keys": _CTRL_ALT_DEL})
+                try:
+                    await asyncio.wait_for(listener.get(), min(CTRL_ALT_DEL_RETRY, remaining))
+                    return "soft"
+                except TimeoutError:
+                    continue
+        return "soft-timeout"
+
+    async def _power_cycle(self, observed: _Observed) -> None:
+        """A hard reset as a new QEMU process; ``started_at`` stays.
+
+        (QMP ``system_reset`` during the first milliseconds of the firmware can leave
+        SeaBIOS spinning with a VGA device present; a new process always boots.)
+        """
+        record, paths = observed.record, self.paths(observed.record.id)
+        if observed.pid is not None:
+            await self._quit(paths, observed.pid)
+        await self._power_on(
+            record, started_at=record.started_at, vnc_port=record.vnc_port, event=None
+        )
+
+    async def _power_on(
+        self,
+        record: VmRecord,
+        *,
+        started_at: str | None = None,
+        vnc_port: int | None = None,
+        event: str | None = "start",
+    ) -> None:
+        """Boot the VM; memory is reserved from the check on, so boots cannot overbook.
+
+        ``started_at`` and ``vnc_port`` are kept by a power cycle (hard reboot).
+        """
+        self._check_arch(record.arch)
+        if record.gpus:
+            raise InsufficientResources(
+                f"no GPU at {', '.join(record.gpus)} on {self.hostname} (no GPUs here)"
+            )
+        binary = self._binary()
+        paths = self.paths(record.id)
+        self._end_leftover(paths)
+        async with self._host_lock:
+            self._check_memory(record.id, record.memory_mib)
+            if vnc_port is None or not _port_free(self.console_host, vnc_port):
+                vnc_port = self._pick_vnc_port()
+            http_ports = [_free_port() for _ in record.nics] if self.forward_http else []
+            self._booting[record.id] = record.memory_mib
+            self._reserved_ports.add(vnc_port)
+        try:
+            record.vnc_port, record.http_ports = vnc_port, http_ports
+            for stale in (paths.qmp_socket, paths.status_socket, paths.serial_socket):
+                stale.unlink(missing_ok=True)
+            paths.pidfile.unlink(missing_ok=True)
+            console_at = _size(paths.console_log)
+            await launch(build_command(binary, self._machine(record)).argv)
+            async with self._qmp(paths, record.id) as qmp:
+                self.faults.check("start", record.id)
+                # Nobody knows this password: the console opens only through console().
+                await qmp.execute(
+                    "set_password", {"protocol": "vnc", "password": secrets.token_urlsafe(6)}
+                )
+                await qmp.execute("cont")
+            record.power, record.stopped_by = "running", None
+            record.started_at = started_at or now_iso()
+            save_record(paths.record, record)
+            if event:
+                append_event(paths.events, f"{event} console={console_at}")
+        except BaseException:
+            self._end_leftover(paths)
+            record.vnc_port, record.http_ports = None, []
+            raise
+        finally:
+            self._booting.pop(record.id, None)
+            self._reserved_ports.discard(vnc_port)
+
+    async def _power_off(self, observed: _Observed, *, timeout: float, force: bool) -> _Observed:
+        """ACPI power button (repeated), then ``quit`` after ``timeout``; SIGKILL last."""
+        record, pid = observed.record, observed.pid
+        paths = self.paths(record.id)
+        how = "forced"
+        if pid is not None and not force and observed.state in ("running", "paused"):
+            async with self._qmp(paths, record.id) as qmp:
+                self.faults.check("stop", record.id)
+                record.power = "stopping"
+                save_record(paths.record, record)
+                try:
+                    if await self._graceful(qmp, pid, paths, paused=observed.state == "paused",
+                                            timeout=timeout):  # fmt: skip
+                        how = "clean"
+                except BaseException:
+                    if live_pid(paths.pidfile, str(paths.dir)) is not None:
+                        record.power = "running"  # a failed stop leaves the VM as it was
+                        save_record(paths.record, record)
+                    raise
+        else:
+            self.faults.check("stop", record.id)
+        if pid is not None:
+            await self._quit(paths, pid)
+        record.power, record.stopped_by = "stopped", "api"
+        record.started_at, record.vnc_port, record.http_ports = None, None, []
+        save_record(paths.record, record)
+        append_event(paths.events, f"stop {how}")
+        return _Observed(record, None, None, "stopped", "api")
+
+    async def _graceful(
+        self, qmp: Qmp, pid: int, paths: VmPaths, *, paused: bool, timeout: float
+    ) -> bool:
+        """Whether the guest powered off within ``timeout`` after the power button."""
+        deadline = time.monotonic() + timeout
+        with qmp.listen(("SHUTDOWN",)) as listener:
+            try:
+                if paused:
+                    await qmp.execute("cont")
+                while True:
+                    if await qmp.runstate() == "shutdown":
+                        return True
+                    await qmp.execute("system_powerdown")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    try:
+                        await asyncio.wait_for(listener.get(), min(POWERDOWN_RETRY, remaining))
+                        return True
+                    except TimeoutError:
+                        continue
+            except DriverError:
+                if live_pid(paths.pidfile, str(paths.dir)) is None:
+                    return False  # QEMU went away meanwhile
+                raise
+
+    async def _quit(self, paths: VmPaths, pid: int) -> None:
+        """End QEMU: QMP ``quit`` (closes the disks cleanly), SIGKILL if that fails."""
+        marker = str(paths.dir)
+        with contextlib.suppress(DriverError):
+            async with qmp_session(paths.qmp_socket, paths.dir.name, timeout=5.0) as qmp:
+                with contextlib.suppress(DriverError):
+                    await qmp.execute("quit", timeout=5.0)
+        if not await wait_gone(pid, marker, 10.0):
+            await kill_and_wait(pid, marker)
+        self._remove_runtime_files(paths)
+
+    def _end_leftover(self, paths: VmPaths) -> None:
+        """Kill a QEMU of this VM that should not be there (crashed, half-started)."""
+        pid = live_pid(paths.pidfile, str(paths.dir))
+        if pid is not None:
+            kill_now(pid, str(paths.dir))
+        self._remove_runtime_files(paths)
+
+    @staticmethod
+    def _remove_runtime_files(paths: VmPaths) -> None:
+        for path in (paths.pidfile, paths.qmp_socket, paths.status_socket, paths.serial_socket):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                path.unlink()
+
+    # -- pause -----------------------------------------------------------------------------
+
+    async def pause_vm(self, vm_id: str) -> VmStatus:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            if observed.state != "paused":
+                self._require_state(observed, "running")
+                async with self._qmp(self.paths(vm_id), vm_id) as qmp:
+                    self.faults.check("pause", vm_id)
+                    await qmp.execute("stop")
+                observed = _Observed(observed.record, observed.pid, "paused", "paused", None)
+            return self._status(observed)
+
+    async def resume_vm(self, vm_id: str) -> VmStatus:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            if observed.state != "running":
+                self._require_state(observed, "paused")
+                observed = await self._resume(observed)
+            return self._status(observed)
+
+    async def _resume(self, observed: _Observed) -> _Observed:
+        vm_id = observed.record.id
+        async with self._qmp(self.paths(vm_id), vm_id) as qmp:
+            self.faults.check("resume", vm_id)
+            await qmp.execute("cont")
+        return _Observed(observed.record, observed.pid, "running", "running", None)
+
+    # -- resize, reinstall, password, console, delete ----------------------------------------
+
+    async def resize_vm(self, vm_id: str, vcpus: int, memory_mib: int, *, live: bool) -> VmStatus:
+        if vcpus < 1 or memory_mib < 1:
+            raise ValueError("vcpus and memory_mib must be positive")
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            record = observed.record
+            if (vcpus, memory_mib) == (record.vcpus, record.memory_mib):
+                return self._status(observed)
+            if live:
+                self._require_state(observed, "running")
+                if vcpus < record.vcpus or memory_mib < record.memory_mib:
+                    raise NotSupported(
+                        "live downsizing", "a running VM cannot lose vCPUs or memory"
+                    )
+                if vcpus > record.vcpus:
+                    raise NotSupported(
+                        "live_resize_cpu", "this host cannot add vCPUs to a running VM"
+                    )
+                raise NotSupported(
+                    "live_resize_memory", "this host cannot add memory to a running VM"
+                )
+            self._require_state(observed, "stopped", "crashed")
+            self.faults.check("resize", vm_id)
+            record.vcpus, record.memory_mib = vcpus, memory_mib
+            save_record(self.paths(vm_id).record, record)
+            return self._status(observed)
+
+    async def reinstall_vm(self, spec: VmSpec) -> VmStatus:
+        async with self._lock(spec.id):
+            observed = await self._require(spec.id)
+            self._require_state(observed, "stopped", "crashed")
+            self._check_arch(spec.arch)
+            base = self.images.path(spec.image_id)
+            await self._check_image_fits(spec.image_id, spec.root_disk_gib)
+            self._check_disk(spec.root_disk_gib, excluding=spec.id)
+            record, paths = observed.record, self.paths(spec.id)
+            new_disk = paths.dir / "root.qcow2.new"
+            serial = record.seed_serial + 1
+            new_iso = paths.seed_iso(serial)
+            try:
+                self.faults.check("reinstall", spec.id)
+                if observed.pid is not None:
+                    await self._quit(paths, observed.pid)
+                await self._make_root_disk(base, new_disk, spec.root_disk_gib)
+                record.install_serial += 1
+                seed = self._seed(spec, record)
+                await build_seed_iso(seed, new_iso)
+            except BaseException:
+                new_disk.unlink(missing_ok=True)
+                new_iso.unlink(missing_ok=True)
+                record.install_serial = load_record(paths.record).install_serial  # type: ignore[union-attr]
+                raise
+            save_seed_json(seed, paths.seed_json)
+            os.replace(new_disk, paths.root_disk)
+            old_serial, record.seed_serial = record.seed_serial, serial
+            record.vcpus, record.memory_mib = spec.vcpus, spec.memory_mib
+            record.root_disk_gib, record.image_id, record.arch = (
+                spec.root_disk_gib,
+                spec.image_id,
+                spec.arch,
+            )
+            record.apply_guest_config(spec)
+            record.generation = spec.generation
+            record.power, record.stopped_by, record.started_at = "stopped", "api", None
+            record.vnc_port, record.http_ports = None, []
+            save_record(paths.record, record)
+            paths.seed_iso(old_serial).unlink(missing_ok=True)
+            append_event(paths.events, f"reinstall {spec.image_id}")
+            return self._status(_Observed(record, None, None, "stopped", "api"))
+
+    async def set_password(self, vm_id: str, user: str, password: str) -> None:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            record, paths = observed.record, self.paths(vm_id)
+            self.faults.check("set_password", vm_id)
+            seed = read_seed(paths.seed_json).with_password(user, password)
+            old, new = record.seed_serial, record.seed_serial + 1
+            new_iso = paths.seed_iso(new)
+            try:
+                await build_seed_iso(seed, new_iso)
+                if observed.pid is not None:
+                    await self._swap_seed(paths, vm_id, old, new)
+            except BaseException:
+                new_iso.unlink(missing_ok=True)
+                raise
+            save_seed_json(seed, paths.seed_json)
+            record.seed_serial = new
+            save_record(paths.record, record)
+            paths.seed_iso(old).unlink(missing_ok=True)
+
+    async def _swap_seed(self, paths: VmPaths, vm_id: str, old: int, new: int) -> None:
+        """Point the running VM's seed disk at the new ISO (seen at the guest's next boot)."""
+        async with self._qmp(paths, vm_id) as qmp:
+            node = f"seed-file-{new}"
+            await qmp.execute(
+                "blockdev-add",
+                {"driver": "file", "node-name": node, "filename": str(paths.seed_iso(new)),
+                 "read-only": True},
+            )  # fmt: skip
+            try:
+                await qmp.execute(
+                    "blockdev-reopen",
+                    {"options": [{"driver": "raw", "node-name": "seed", "file": node,
+                                  "read-only": True}]},
+                )  # fmt: skip
+            except BaseException:
+                with contextlib.suppress(DriverError):
+                    await qmp.execute("blockdev-del", {"node-name": node})
+                raise
+            with contextlib.suppress(DriverError):
+                await qmp.execute("blockdev-del", {"node-name": f"seed-file-{old}"})
+
+    async def console(self, vm_id: str) -> ConsoleEndpoint:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            self._require_state(observed, "running", "paused")
+            port = observed.record.vnc_port
+            if port is None:
+                raise BackendFailure(f"{vm_id} has no VNC listener")
+            password = secrets.token_urlsafe(6)  # VNC passwords are 8 characters at most
+            async with self._qmp(self.paths(vm_id), vm_id) as qmp:
+                self.faults.check("console", vm_id)
+                await qmp.execute("set_password", {"protocol": "vnc", "password": password})
+            return ConsoleEndpoint(self.console_host, port, "vnc", password)
+
+    async def delete_vm(self, vm_id: str) -> None:
+        try:
+            paths = self.paths(vm_id)
+        except VmNotFound:
+            return
+        async with self._lock(vm_id):
+            if not paths.dir.exists():
+                return
+            self.faults.check("delete", vm_id)
+            pid = live_pid(paths.pidfile, str(paths.dir))
+            if pid is not None:
+                await kill_and_wait(pid, str(paths.dir))
+            shutil.rmtree(paths.dir, ignore_errors=True)
+        self._locks.pop(vm_id, None)
+        self._status_locks.pop(vm_id, None)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    @asynccontextmanager
+    async def _qmp(self, paths: VmPaths, vm_id: str) -> AsyncIterator[Qmp]:
+        async with qmp_session(paths.qmp_socket, vm_id) as qmp:
+            yield qmp
+
+    def _binary(self) -> str:
+        if self.binary is None:
+            raise BackendFailure(f"qemu-system-{self.arch} is not installed on {self.hostname}")
+        return self.binary
+
+    async def _machine_type(self) -> str:
+        """The versioned machine type ``pc`` stands for; recorded per VM so it stays."""
+        if self._machine_type_cache is None:
+            proc = await asyncio.create_subprocess_exec(
+                self._binary(), "-machine", "help",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            self._machine_type_cache = parse_machine_help(out.decode(errors="replace")) or "pc"
+        return self._machine_type_cache
+
+    def _machine(self, record: VmRecord) -> QemuMachine:
+        paths = self.paths(record.id)
+        return QemuMachine(
+            vm_id=record.id,
+            paths=paths,
+            vcpus=record.vcpus,
+            memory_mib=record.memory_mib,
+            machine_type=record.machine_type,
+            accel=record.accel if record.accel == self.accel else self.accel,
+            seed_iso=paths.seed_iso(record.seed_serial),
+            seed_node=f"seed-file-{record.seed_serial}",
+            vnc_host=self.console_host,
+            vnc_port=record.vnc_port,
+            nics=tuple(
+                NicForward(nic, record.http_ports[i] if i < len(record.http_ports) else None)
+                for i, nic in enumerate(record.nics)
+            ),
+        )
+
+    def _check_arch(self, arch: str) -> None:
+        if arch != self.arch:
+            raise NotSupported(f"arch {arch}", f"host {self.hostname} runs {self.arch} guests only")
+
+    def _records(self) -> list[tuple[VmPaths, VmRecord]]:
+        found = []
+        for vm_id in self._vm_ids():
+            paths = VmPaths(self.vms_dir / vm_id)
+            record = load_record(paths.record)
+            if record is not None:
+                found.append((paths, record))
+        return found
+
+    def _check_memory(self, vm_id: str, memory_mib: int) -> None:
+        """Memory is never overcommitted: VMs whose QEMU runs (or boots) hold theirs."""
+        held = sum(
+            record.memory_mib
+            for paths, record in self._records()
+            if record.id != vm_id
+            and record.id not in self._booting
+            and live_pid(paths.pidfile, str(paths.dir)) is not None
+        )
+        held += sum(mib for other, mib in self._booting.items() if other != vm_id)
+        free = host_memory_mib() - held
+        if memory_mib > free:
+            raise InsufficientResources(
+                f"{memory_mib} MiB of memory requested, {free} MiB free on {self.hostname} "
+                "(memory is not overcommitted)"
+            )
+
+    def _check_disk(self, gib: int, *, excluding: str) -> None:
+        """Root disks are thin, but count at full size against the host's disk."""
+        used = sum(r.root_disk_gib for _, r in self._records() if r.id != excluding)
+        free = disk_gib(self.state_dir) - used
+        if gib > free:
+            raise InsufficientResources(f"root disk of {gib} GiB exceeds {free} GiB free disk")
+
+    async def _check_image_fits(self, image_id: str, root_disk_gib: int) -> None:
+        size = await self.images.virtual_size(image_id)
+        if size > root_disk_gib * GIB:
+            raise InvalidSpec(
+                f"image {image_id} is {size / GIB:.2f} GiB; a {root_disk_gib} GiB root disk "
+                "cannot hold it"
+            )
+
+    @staticmethod
+    async def _make_root_disk(base: Path, target: Path, size_gib: int) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+            str(target), f"{size_gib}G",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, err = await proc.communicate()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            raise BackendFailure(f"qemu-img create failed: {err.decode(errors='replace')}")
+        os.chmod(target, 0o600)
+
+    def _pick_vnc_port(self) -> int:
+        used = set(self._reserved_ports)
+        for paths, record in self._records():
+            if record.vnc_port is not None and live_pid(paths.pidfile, str(paths.dir)):
+                used.add(record.vnc_port)
+        for port in range(VNC_BASE_PORT, VNC_BASE_PORT + VNC_PORTS):
+            if port not in used and _port_free(self.console_host, port):
+                return port
+        raise InsufficientResources(f"no free VNC port on {self.console_host}")
+
+    def _purge(self, paths: VmPaths) -> None:
+        """Remove everything of a VM now (clean-up paths: works even when cancelled)."""
+        pid = read_pidfile(paths.pidfile)
+        if pid is not None:
+            kill_now(pid, str(paths.dir))
+        shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,307 @@
+"""The QEMU command line of a VM, as data.
+
+:func:`build_command` turns a :class:`QemuMachine` (everything a launch depends on) into a
+:class:`QemuCommand`: a list of options whose values are either plain strings or
+:class:`Props` (QEMU's ``driver,key=value,...`` syntax). Tests inspect the data
+(``cmd.props("-device", "virtio-blk-pci")``), the driver runs ``cmd.argv``.
+
+Choices (see docs/qemu.md):
+
+- ``-no-user-config -nodefaults``: nothing QEMU adds on its own; every device is listed.
+- ``-sandbox on,obsolete=deny,resourcecontrol=deny``: seccomp. ``elevateprivileges`` and
+  ``spawn`` stay allowed because ``-daemonize`` needs ``fork`` and ``setsid``.
+- ``-daemonize -pidfile``: the VM is never a child of the agent, it outlives it.
+- ``-no-shutdown``: a guest power-off leaves QEMU alive in runstate ``shutdown``, so the
+  driver can tell a guest shutdown from a crash (a dead process); it quits QEMU afterwards.
+- ``-S``: the driver sets the VM up over QMP (console password) before ``cont``.
+- Two QMP sockets: ``qmp.sock`` for operations, ``qmp-status.sock`` for status reads, so a
+  status query never waits behind a long operation (QEMU serves one client per monitor).
+- The serial console is a unix socket (for interactive use) that also logs to
+  ``console.log`` (appended across boots), whether or not anyone is connected.
+- Disks are ``-blockdev`` nodes with fixed names (``root``, ``seed``) so QMP can address
+  them: the root disk is a qcow2 overlay, the NoCloud seed a read-only raw ISO whose file
+  node can be swapped live (``blockdev-reopen``).
+- No NIC unless the spec has one (``-nic none``). Until the SDN work brings taps, a NIC is
+  user-mode networking with ``restrict=on`` (the guest reaches nothing outside; port 80 is
+  forwarded from a loopback port so the host can reach the guest's HTTP server).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from altostack.drivers.compute.base import Accel, NicSpec
+
+SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
+TCG_TB_SIZE_MIB = 32
+"""Translation cache size under TCG; QEMU's default (1 GiB) costs memory per VM."""
+
+
+def _escape(value: str) -> str:
+    """QEMU option values double their commas."""
+    return value.replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class Props:
+    """``head,key=value,...``: a device, backend or machine description."""
+
+    head: str | None
+    items: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, head: str | None = None, /, **items: str | int | bool | Path) -> Props:
+        def text(v: str | int | bool | Path) -> str:
+            if isinstance(v, bool):
+                return "on" if v else "off"
+            return str(v)
+
+        return cls(head, tuple((k.replace("_", "-"), text(v)) for k, v in items.items()))
+
+    def get(self, key: str) -> str | None:
+        for k, v in self.items:
+            if k == key:
+                return v
+        return None
+
+    def __str__(self) -> str:
+        parts = [] if self.head is None else [_escape(self.head)]
+        parts += [f"{k}={_escape(v)}" for k, v in self.items]
+        return ",".join(parts)
+
+
+OptionValue = str | Props | None
+
+
+@dataclass(frozen=True)
+class QemuOption:
+    name: str
+    value: OptionValue = None
+
+    def argv(self) -> list[str]:
+        return [self.name] if self.value is None else [self.name, str(self.value)]
+
+
+@dataclass(frozen=True)
+class QemuCommand:
+    binary: str
+    options: tuple[QemuOption, ...]
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.binary, *(arg for option in self.options for arg in option.argv())]
+
+    def values(self, name: str) -> list[OptionValue]:
+        """Every value given to option ``name``, in order."""
+        return [o.value for o in self.options if o.name == name]
+
+    def has(self, name: str) -> bool:
+        return any(o.name == name for o in self.options)
+
+    def props(self, name: str, head: str | None = None) -> list[Props]:
+        """The :class:`Props` values of option ``name`` (whose head is ``head`` if given)."""
+        return [
+            v
+            for v in self.values(name)
+            if isinstance(v, Props) and (head is None or v.head == head)
+        ]
+
+    def __str__(self) -> str:
+        return " ".join(self.argv)
+
+
+@dataclass(frozen=True)
+class NicForward:
+    """A NIC in user-mode networking: the MAC, the address DHCP hands out, a port forward."""
+
+    nic: NicSpec
+    http_port: int | None = None
+    """Loopback port forwarded to the guest's port 80, if any."""
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    """Where one VM's files live: ``<state_dir>/vms/<vm_id>/``."""
+
+    dir: Path
+
+    @property
+    def record(self) -> Path:
+        """The VM's configuration and power intent (JSON, written atomically)."""
+        return self.dir / "vm.json"
+
+    @property
+    def creating(self) -> Path:
+        """Present while the VM is being created: such a VM is not listed."""
+        return self.dir / ".creating"
+
+    @property
+    def root_disk(self) -> Path:
+        return self.dir / "root.qcow2"
+
+    @property
+    def seed_json(self) -> Path:
+        return self.dir / "seed.json"
+
+    def seed_iso(self, serial: int) -> Path:
+        return self.dir / f"seed-{serial}.iso"
+
+    @property
+    def events(self) -> Path:
+        """One line per power event the driver caused or saw (start, reset, stop...).
+
+        Boots (``start``, ``reset ...``) name the size ``console.log`` had before them
+        (``console=<bytes>``): that boot's console output starts there.
+        """
+        return self.dir / "events.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def status_socket(self) -> Path:
+        return self.dir / "qmp-status.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.dir / "serial.sock"
+
+    @property
+    def console_log(self) -> Path:
+        """The serial console's output, appended across boots."""
+        return self.dir / "console.log"
+
+
+@dataclass(frozen=True)
+class QemuMachine:
+    """Everything one launch of a VM depends on."""
+
+    vm_id: str
+    paths: VmPaths
+    vcpus: int
+    memory_mib: int
+    machine_type: str
+    accel: Accel
+    seed_iso: Path | None = None
+    seed_node: str = "seed-file"
+    """Node name of the seed's file node (changes when the seed is swapped live)."""
+    vnc_host: str = "127.0.0.1"
+    vnc_port: int | None = None
+    nics: tuple[NicForward, ...] = ()
+    extra: tuple[QemuOption, ...] = field(default=())
+
+
+def _slirp_net(nic: NicSpec) -> dict[str, str]:
+    """User-mode network options handing ``nic.ip`` out by DHCP (its /24 as the network)."""
+    try:
+        ip = ipaddress.IPv4Address(nic.ip)
+    except ValueError:
+        return {}
+    net = ipaddress.IPv4Network(f"{ip}/24", strict=False)
+    host_octet = int(ip) - int(net.network_address)
+    if host_octet < 4 or host_octet > 254:  # .2 is slirp's gateway, .3 its DNS
+        return {"net": str(net)}
+    return {"net": str(net), "dhcpstart": str(ip)}
+
+
+def _nic_options(index: int, forward: NicForward) -> Iterator[QemuOption]:
+    netdev: dict[str, str | int | bool | Path] = {"id": f"net{index}", "restrict": True}
+    netdev.update(_slirp_net(forward.nic))
+    if forward.http_port is not None:
+        netdev["hostfwd"] = f"tcp:127.0.0.1:{forward.http_port}-:80"
+    yield QemuOption("-netdev", Props.of("user", **netdev))
+    yield QemuOption(
+        "-device",
+        Props.of("virtio-net-pci", id=f"nic{index}", netdev=f"net{index}", mac=forward.nic.mac),
+    )
+
+
+def build_command(binary: str, m: QemuMachine) -> QemuCommand:
+    """The command line that launches ``m`` (daemonized, paused until ``cont``)."""
+    opts: list[QemuOption] = []
+
+    def add(name: str, value: OptionValue = None) -> None:
+        opts.append(QemuOption(name, value))
+
+    add("-name", Props.of(m.vm_id, process=f"alto-{m.vm_id}"))
+    add("-no-user-config")
+    add("-nodefaults")
+    add("-machine", Props.of(m.machine_type))
+    if m.accel == "kvm":
+        add("-accel", Props.of("kvm"))
+        add("-cpu", "host")
+    else:
+        add("-accel", Props.of("tcg", tb_size=TCG_TB_SIZE_MIB))
+        add("-cpu", "qemu64")
+    add("-smp", Props.of(str(m.vcpus)))
+    add("-m", Props.of(None, size=f"{m.memory_mib}M"))
+    add("-sandbox", SANDBOX)
+    add("-daemonize")
+    p = m.paths
+    add("-pidfile", str(p.pidfile))
+    add("-no-shutdown")
+    add("-S")
+    add("-msg", Props.of(None, timestamp=True))
+    add("-qmp", Props.of(f"unix:{p.qmp_socket}", server=True, wait=False))
+    add("-qmp", Props.of(f"unix:{p.status_socket}", server=True, wait=False))
+    add(
+        "-chardev",
+        Props.of(
+            "socket",
+            id="serial0",
+            path=p.serial_socket,
+            server=True,
+            wait=False,
+            logfile=p.console_log,
+            logappend=True,
+        ),
+    )
+    add("-serial", "chardev:serial0")
+    add("-display", "none")
+    if m.vnc_port is not None:
+        add("-vnc", Props.of(f"{m.vnc_host}:{m.vnc_port - 5900}", password=True))
+        add("-device", Props.of("VGA", id="video0"))
+    add("-blockdev", Props.of(None, driver="file", node_name="root-file", filename=p.root_disk))
+    add("-blockdev", Props.of(None, driver="qcow2", node_name="root", file="root-file"))
+    add("-device", Props.of("virtio-blk-pci", id="root-disk", drive="root", bootindex=0))
+    if m.seed_iso is not None:
+        add(
+            "-blockdev",
+            Props.of(
+                None, driver="file", node_name=m.seed_node, filename=m.seed_iso, read_only=True
+            ),
+        )
+        add(
+            "-blockdev",
+            Props.of(None, driver="raw", node_name="seed", file=m.seed_node, read_only=True),
+        )
+        add("-device", Props.of("virtio-blk-pci", id="seed-disk", drive="seed"))
+    if m.nics:
+        for index, forward in enumerate(m.nics):
+            opts.extend(_nic_options(index, forward))
+    else:
+        add("-nic", "none")
+    add("-device", Props.of("pvpanic", id="pvpanic0"))
+    opts.extend(m.extra)
+    return QemuCommand(binary, tuple(opts))
+
+
+def parse_machine_help(text: str, alias: str = "pc") -> str | None:
+    """The versioned machine type ``alias`` stands for in ``qemu -machine help`` output."""
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == alias and "(alias of" in line:
+            return line.rsplit("(alias of", 1)[1].strip(" )")
+    return None
+
+
+def argv_of(options: Iterable[QemuOption]) -> list[str]:
+    return [arg for option in options for arg in option.argv()]
