@@ -40,7 +40,7 @@ import pytest
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import VmPaths
-from altostack.drivers.compute.qemu_process import kill_now, live_pid, qmp_session, read_pidfile
+from altostack.drivers.compute.qemu_process import kill_now, live_pid, pids_with, qmp_session
 from altostack.drivers.compute.qemu_record import read_events
 from altostack.drivers.compute.qemu_seed import read_seed
 from altostack.drivers.errors import DriverError
@@ -94,14 +94,11 @@ def guest_image() -> Path:
 
 
 def kill_qemus_under(root: Path) -> None:
-    """Kill (SIGKILL, by PID) every QEMU whose VM directory is under ``root``."""
-    vms = root / "state" / "vms"
-    if not vms.is_dir():
-        return
-    for vm_dir in vms.iterdir():
-        pid = read_pidfile(vm_dir / "qemu.pid")
-        if pid is not None:
-            kill_now(pid, str(vm_dir))
+    """Kill (SIGKILL, by PID) every process whose command line names a path under ``root``:
+    the QEMUs of its VMs, also one whose start was cut short before it wrote its pidfile."""
+    marker = f"{root}/"
+    for pid in pids_with(marker):
+        kill_now(pid, marker)
 
 
 # -- the guest's serial console ----------------------------------------------------------------

@@ -73,6 +73,7 @@ from altostack.drivers.compute.qemu_process import (
     kill_now,
     launch,
     live_pid,
+    pids_with,
     qmp_session,
     read_pidfile,
     wait_gone,
@@ -342,7 +343,10 @@ class QemuComputeDriver(ComputeDriver):
     # -- ensure ----------------------------------------------------------------------------
 
     async def ensure_vm(self, spec: VmSpec, *, stop_timeout: float = 60.0) -> VmStatus:
-        self.paths(spec.id)
+        try:
+            self.paths(spec.id)
+        except VmNotFound:
+            raise InvalidSpec(f"{spec.id!r} cannot be a VM id on this host") from None
         async with self._lock(spec.id):
             observed = await self._observe(spec.id, tidy=True)
             if observed is None:
@@ -632,9 +636,9 @@ class QemuComputeDriver(ComputeDriver):
 
     def _end_leftover(self, paths: VmPaths) -> None:
         """Kill a QEMU of this VM that should not be there (crashed, half-started)."""
-        pid = live_pid(paths.pidfile, str(paths.dir))
-        if pid is not None:
-            kill_now(pid, str(paths.dir))
+        marker = str(paths.dir)
+        for pid in pids_with(f"{marker}/"):
+            kill_now(pid, marker)
         self._remove_runtime_files(paths)
 
     @staticmethod
@@ -940,9 +944,7 @@ class QemuComputeDriver(ComputeDriver):
 
     def _purge(self, paths: VmPaths) -> None:
         """Remove everything of a VM now (clean-up paths: works even when cancelled)."""
-        pid = read_pidfile(paths.pidfile)
-        if pid is not None:
-            kill_now(pid, str(paths.dir))
+        self._end_leftover(paths)
         shutil.rmtree(paths.dir, ignore_errors=True)
 
 

@@ -73,6 +73,19 @@ def live_pid(pidfile: Path, marker: str) -> int | None:
     return pid if pid is not None and process_alive(pid, marker) else None
 
 
+def pids_with(marker: str) -> list[int]:
+    """Every live process whose command line contains ``marker`` (a VM directory).
+
+    The fallback when a pidfile is missing: a QEMU whose start was interrupted before it
+    wrote one.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and process_alive(int(entry.name), marker):
+            found.append(int(entry.name))
+    return found
+
+
 def kill(pid: int, marker: str, sig: int = signal.SIGKILL) -> None:
     if process_alive(pid, marker):
         with contextlib.suppress(ProcessLookupError):
