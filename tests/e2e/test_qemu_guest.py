@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from altostack.drivers.compute.base import NicSpec, VmSpec
-from altostack.drivers.compute.local_images import LocalImageCache
+from altostack.drivers.compute.local_images import LocalImageCache, sha256_file
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import (
     NicForward,
@@ -34,6 +35,7 @@ from altostack.drivers.compute.qemu_seed import SeedContent, guest_hostname
 from altostack.drivers.errors import InvalidSpec
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import (
+    BUILD_SCRIPT,
     GUEST_TIMEOUT,
     LoginFailed,
     SerialConsole,
@@ -146,6 +148,20 @@ async def test_console_output_and_console_endpoint(qemu_driver: QemuComputeDrive
     finally:
         writer.close()
     assert banner.startswith(b"RFB 003.")
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_the_image_is_cached_with_its_checksum() -> None:
+    image = guest_image()
+    digest, name = Path(f"{image}.sha256").read_text().split()
+    assert (digest, name) == (sha256_file(image), image.name)
+    started = time.monotonic()
+    again = subprocess.run(
+        [str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert Path(again.stdout.strip()) == image
+    assert time.monotonic() - started < 10  # its inputs did not change: no rebuild
 
 
 # -- pure parts --------------------------------------------------------------------------------
