@@ -71,3 +71,19 @@ async def test_same_refusals(client, admin, container):
     assert missing.status_code == 404
     metrics = (await client.get("/metrics")).text
     assert 'route="/v1/operations/{id}"' in metrics
+
+
+async def test_each_poll_sees_the_latest_row(client, admin, container):
+    """The fast path keeps the rendering of an unchanged row; a change must show at once."""
+    tenant, owner = await make_tenant(client, admin, "fast-poll")
+    op_id = (await _ops(container, tenant["id"]))[0]
+    seen = []
+    for progress in (10, 10, 55, 90):
+        async with container.db.uow() as uow:
+            op = await uow.session.get(Operation, op_id)
+            op.state, op.progress = "running", progress
+            await uow.commit()
+        r = await client.get(f"/v1/operations/{op_id}", headers=owner)
+        assert r.status_code == 200
+        seen.append((r.json()["state"], r.json()["progress"]))
+    assert seen == [("running", 10), ("running", 10), ("running", 55), ("running", 90)]

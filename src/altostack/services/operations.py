@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement
 
 from altostack.bus import Bus, Message
-from altostack.db.database import Database
+from altostack.db.database import Database, PointReader
 from altostack.db.models import Operation
 from altostack.db.repositories import Page
 from altostack.db.uow import UnitOfWork
@@ -38,6 +39,7 @@ class OperationService:
         self.db = db
         self.bus = bus
         self._waiters: dict[str, list[asyncio.Event]] = {}
+        self._rendered: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
     async def start(self) -> None:
         await self.bus.subscribe(FINISHED_SUBJECT, self._on_finished)
@@ -99,20 +101,42 @@ class OperationService:
         reader = self.db.point_reader
         if reader is None:
             return operation_view(await self.get(ctx, op_id))
-        row = reader.row(f"SELECT {_VIEW_COLUMNS} FROM operations WHERE id = ?", (op_id,))
+        return _sqlite_view(self._read_raw(ctx, reader, op_id))
+
+    def _read_raw(self, ctx: RequestContext, reader: PointReader, op_id: str) -> tuple[Any, ...]:
+        raw = reader.values(_VIEW_SQL, (op_id,))
         authz.require(
             ctx,
             "operation:read",
-            tenant_id=row["tenant_id"] if row else None,
+            tenant_id=raw[2] if raw else None,
             kind="operation",
             ident=op_id,
         )
-        assert row is not None
-        for name in ("created_at", "started_at", "finished_at"):
-            row[name] = _sqlite_time(row[name])
-        for name in ("error", "result"):
-            row[name] = json.loads(row[name]) if row[name] is not None else None
-        return row
+        assert raw is not None
+        return raw
+
+    async def view_rendered(
+        self, ctx: RequestContext, op_id: str, render: Callable[[dict[str, Any]], bytes]
+    ) -> bytes:
+        """The operation as the API shows it, rendered by ``render``, by the cheapest read
+        the database allows.
+
+        The row is read every time (a poller must see each change at once), but rendering
+        an unchanged row again would only repeat the same bytes, so the last rendering of
+        each recently polled operation is kept with the raw row it came from.
+        """
+        reader = self.db.point_reader
+        if reader is None:
+            return render(operation_view(await self.get(ctx, op_id)))
+        raw = self._read_raw(ctx, reader, op_id)
+        memo = self._rendered.get(op_id)
+        if memo is not None and memo[0] == raw:
+            return memo[1]
+        body = render(_sqlite_view(raw))
+        if len(self._rendered) >= _RENDERED_MAX:
+            del self._rendered[next(iter(self._rendered))]
+        self._rendered[op_id] = (raw, body)
+        return body
 
     async def wait(self, ctx: RequestContext, op_id: str, seconds: float) -> Operation:
         """Long-poll: return when the operation ends or ``seconds`` pass, whichever first."""
@@ -171,6 +195,20 @@ _VIEW_COLUMNS = (
     "id, kind, tenant_id, resource_type, resource_id, state, progress, attempts, error, "
     "result, request_id, created_at, started_at, finished_at"
 )
+
+
+_VIEW_SQL = f"SELECT {_VIEW_COLUMNS} FROM operations WHERE id = ?"
+_VIEW_NAMES = tuple(name.strip() for name in _VIEW_COLUMNS.split(","))
+_RENDERED_MAX = 4096
+
+
+def _sqlite_view(raw: tuple[Any, ...]) -> dict[str, Any]:
+    row = dict(zip(_VIEW_NAMES, raw, strict=True))
+    for name in ("created_at", "started_at", "finished_at"):
+        row[name] = _sqlite_time(row[name])
+    for name in ("error", "result"):
+        row[name] = json.loads(row[name]) if row[name] is not None else None
+    return row
 
 
 def _sqlite_time(value: str | None) -> datetime | None:
