@@ -185,6 +185,31 @@ async def _just(harness: Any) -> AsyncIterator[Any]:
     yield harness
 
 
+class LinuxNetworkHarness(NetworkHarness):
+    """The ``linux`` driver over a network namespace that stands for the host."""
+
+    def __init__(self, netns_name: str) -> None:
+        self.netns = netns_name
+        self.faults = FaultInjector()
+        self.driver = self._new_driver()
+
+    def _new_driver(self) -> NetworkDriver:
+        from altostack.drivers.network.linux import LinuxNetworkDriver
+
+        return LinuxNetworkDriver(netns=self.netns, underlay_ip="10.99.0.1", faults=self.faults)
+
+    async def restart(self) -> None:
+        self.driver = self._new_driver()
+
+
+@asynccontextmanager
+async def linux_network_harness() -> AsyncIterator[NetworkHarness]:
+    from tests.support.netns import host_namespace
+
+    with host_namespace("c") as name:
+        yield LinuxNetworkHarness(name)
+
+
 # -- the registries: one line per backend --------------------------------------------------
 
 Factory = Callable[[], AbstractAsyncContextManager[Any]]
@@ -201,6 +226,7 @@ STORAGE_BACKENDS: dict[str, Factory] = {
 }
 NETWORK_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimNetworkHarness()),
+    "linux": linux_network_harness,
 }
 
 

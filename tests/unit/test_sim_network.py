@@ -22,8 +22,11 @@ def test_network_specs_are_validated() -> None:
 
 
 def test_tap_names_fit_linux_interface_names() -> None:
-    assert tap_name("nic-1m85m7d7ta530kah") == "tap1m85m7d7ta53"
+    assert tap_name("nic-1m85m7d7ta530kah") == tap_name("nic-1m85m7d7ta530kah")
     assert len(tap_name("nic-" + "x" * 40)) <= 15
+    # A batch's ids share their time prefix; their names must still differ.
+    assert tap_name("nic-1m85m7d7ta530kah") != tap_name("nic-1m85m7d7ta530kai")
+    assert tap_name("nic-1m85m7d7ta530kah").startswith("tap")
 
 
 async def test_the_gateway_address_is_not_a_port_address() -> None:

@@ -13,6 +13,7 @@ network and port); errors are those of :mod:`altostack.drivers.errors`.
 from __future__ import annotations
 
 import abc
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -26,8 +27,14 @@ class NetworkSpec:
     cidr: str
     gateway_ip: str
     mtu: int = 1450
+    peers: tuple[str, ...] = ()
+    """Underlay addresses of the other hosts that have this network: the VXLAN device
+    floods broadcast and unknown traffic to each (head-end replication)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", tuple(sorted(set(self.peers))))
+        for peer in self.peers:
+            ipaddress.ip_address(peer)  # raises ValueError when malformed
         if not 1 <= self.vni < 2**24:
             raise ValueError("vni must be in 1..16777215")
         if not 576 <= self.mtu <= 9000:
@@ -61,6 +68,7 @@ class NetworkInfo:
     cidr: str
     gateway_ip: str
     mtu: int
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,15 @@ class PortInfo:
     device: str
 
 
+def device_name(prefix: str, ident: str) -> str:
+    """A host interface name for ``ident`` within Linux's 15 characters.
+
+    Hashed rather than truncated: ids are time-sortable, so the ids of a batch share their
+    first characters and truncated names would collide.
+    """
+    return prefix + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest()[: 15 - len(prefix)]
+
+
 class NetworkDriver(abc.ABC):
     """The networking of one host, seen by its agent."""
 
@@ -82,7 +99,8 @@ class NetworkDriver(abc.ABC):
     async def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
         """Make the network exist as specified.
 
-        Idempotent. An existing network converges its ``mtu`` and ``gateway_ip``; its ``vni``
+        Idempotent. An existing network converges its ``mtu``, ``gateway_ip`` and
+        ``peers``; its ``vni``
         and ``cidr`` are fixed (``InvalidSpec`` on change), and a ``vni`` used by another
         network raises ``InvalidSpec``.
         """

@@ -21,6 +21,7 @@ from altostack.drivers.network.base import (
     NetworkSpec,
     PortInfo,
     PortSpec,
+    device_name,
 )
 from altostack.drivers.timings import SimTimings
 
@@ -43,7 +44,7 @@ class SimDataplane:
 
 def tap_name(port_id: str) -> str:
     """The host-side device name, within Linux's 15-character limit."""
-    return f"tap{port_id.rsplit('-', 1)[-1]}"[:15]
+    return device_name("tap", port_id)
 
 
 class SimNetworkDriver(NetworkDriver):
@@ -65,7 +66,9 @@ class SimNetworkDriver(NetworkDriver):
     async def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
         async with self.dataplane.lock:
             nets = self.dataplane.networks
-            wanted = NetworkInfo(spec.id, spec.vni, spec.cidr, spec.gateway_ip, spec.mtu)
+            wanted = NetworkInfo(
+                spec.id, spec.vni, spec.cidr, spec.gateway_ip, spec.mtu, spec.peers
+            )
             current = nets.get(spec.id)
             if current == wanted:
                 return wanted

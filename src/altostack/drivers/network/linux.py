@@ -1,0 +1,380 @@
+"""The ``linux`` network backend: real kernel networking programmed over netlink.
+
+One L2 network is a Linux bridge ``albr-<vni>`` with a VXLAN device ``alvx-<vni>`` as a
+bridge port (UDP 4789, ``local`` = the host's underlay address). Broadcast and unknown
+unicast reach the other hosts of the network by head-end replication: one all-zeros FDB
+entry per peer on the VXLAN device; the bridge learns where each MAC lives from then on.
+A VM port is a persistent tap ``tap<hash>`` on the bridge, which QEMU opens by name.
+
+Everything the driver needs to know again after a restart lives in the kernel objects
+themselves: the network's id, CIDR and gateway in the bridge's alias, the port's id,
+network, MAC, IP and security groups in the tap's alias (JSON; ``ip -d link`` shows it).
+So a new driver instance (an agent restart) rebuilds its view from ``ip link`` alone, and
+devices that carry no such alias are never touched.
+
+Security groups, anti-spoofing, routers, NAT and DHCP come with the rest of the SDN work;
+a port's groups are recorded now so the contract holds.
+
+Netlink calls go through pyroute2's ``AsyncIPRoute``; ``netns`` selects the namespace the
+host's data plane lives in (``None``: the agent's own). A multi-host lab on one machine is
+one namespace per "host".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
+from altostack.drivers.faults import FaultInjector
+from altostack.drivers.network.base import (
+    NetworkDriver,
+    NetworkInfo,
+    NetworkSpec,
+    PortInfo,
+    PortSpec,
+    device_name,
+)
+
+__all__ = ["VXLAN_PORT", "LinuxNetworkDriver", "bridge_name", "vxlan_name"]
+
+VXLAN_PORT = 4789
+_ZERO_MAC = "00:00:00:00:00:00"
+_ALIAS_MAX = 255  # IFALIASZ - 1
+_NO_DEVICE = 19  # ENODEV
+
+
+def bridge_name(vni: int) -> str:
+    return f"albr-{vni}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"alvx-{vni}"
+
+
+def port_device(port_id: str) -> str:
+    return device_name("tap", port_id)
+
+
+def _alias(record: dict[str, Any]) -> str:
+    text = json.dumps({"alto": 1, **record}, separators=(",", ":"), sort_keys=True)
+    if len(text) > _ALIAS_MAX:
+        raise InvalidSpec(
+            f"{record.get('kind')} {record.get('id')} describes more than the kernel can keep "
+            f"with the device ({len(text)} > {_ALIAS_MAX} characters); use fewer or shorter "
+            "security group ids"
+        )
+    return text
+
+
+def _record(link: Any) -> dict[str, Any] | None:
+    """The alias record of an altostack device, or None for anyone else's device."""
+    alias = link.get("ifalias")
+    if not alias or not alias.startswith('{"alto":'):
+        return None
+    try:
+        record = json.loads(alias)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _vni_of(link: Any) -> int | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    vni = data.get_attr("IFLA_VXLAN_ID") if data is not None else None
+    return int(vni) if vni is not None else None
+
+
+class LinuxNetworkDriver(NetworkDriver):
+    """The data plane of one host: bridges, VXLAN devices and taps in ``netns``."""
+
+    def __init__(
+        self,
+        *,
+        underlay_ip: str | None = None,
+        netns: str | None = None,
+        faults: FaultInjector | None = None,
+    ) -> None:
+        if underlay_ip is not None:
+            ipaddress.ip_address(underlay_ip)
+        self.underlay_ip = underlay_ip
+        self.netns = netns
+        self.faults = faults or FaultInjector()
+        # Uniqueness (VNI, IP, MAC) spans objects, so changes are serialised per driver.
+        self._lock = asyncio.Lock()
+
+    # -- netlink plumbing ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _ipr(self) -> AsyncIterator[AsyncIPRoute]:
+        try:
+            async with AsyncIPRoute(netns=self.netns) as ipr:
+                yield ipr
+        except NetlinkError as exc:
+            raise BackendFailure(f"netlink refused the change: {exc}") from exc
+
+    async def _links(self, ipr: AsyncIPRoute) -> list[Any]:
+        return [link async for link in await ipr.get_links()]
+
+    async def _state(
+        self, ipr: AsyncIPRoute
+    ) -> tuple[dict[str, tuple[NetworkInfo, Any]], dict[str, tuple[PortInfo, Any]]]:
+        """Networks and ports as the kernel has them, each with its link."""
+        links = await self._links(ipr)
+        by_index = {link.get("index"): link for link in links}
+        vxlans = {
+            vni: link
+            for link in links
+            if (vni := _vni_of(link)) is not None and link.get("ifname") == vxlan_name(vni)
+        }
+        networks: dict[str, tuple[NetworkInfo, Any]] = {}
+        bridge_net: dict[int, str] = {}
+        for link in links:
+            record = _record(link)
+            if record is None or record.get("kind") != "net":
+                continue
+            vni = int(record["vni"])
+            vxlan = vxlans.get(vni)
+            peers = await self._peers(ipr, vxlan) if vxlan is not None else ()
+            info = NetworkInfo(
+                record["id"], vni, record["cidr"], record["gw"], int(link.get("mtu")), peers
+            )
+            networks[info.id] = (info, link)
+            bridge_net[link.get("index")] = info.id
+        ports: dict[str, tuple[PortInfo, Any]] = {}
+        for link in links:
+            record = _record(link)
+            if record is None or record.get("kind") != "port":
+                continue
+            master = by_index.get(link.get_attr("IFLA_MASTER"))
+            network_id = bridge_net.get(master.get("index")) if master is not None else None
+            port = PortInfo(
+                record["id"],
+                network_id or record["net"],
+                record["mac"],
+                record["ip"],
+                tuple(record.get("sg", ())),
+                link.get("ifname"),
+            )
+            ports[port.id] = (port, link)
+        return networks, ports
+
+    async def _peers(self, ipr: AsyncIPRoute, vxlan: Any) -> tuple[str, ...]:
+        found = set()
+        async for entry in await ipr.fdb("dump", ifindex=vxlan.get("index")):
+            if entry.get("lladdr") == _ZERO_MAC and entry.get("dst"):
+                found.add(entry.get("dst"))
+        return tuple(sorted(found))
+
+    # -- networks --------------------------------------------------------------------------
+
+    async def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
+        async with self._lock, self._ipr() as ipr:
+            networks, _ = await self._state(ipr)
+            current = networks.get(spec.id)
+            if current is not None and (current[0].vni, current[0].cidr) != (spec.vni, spec.cidr):
+                raise InvalidSpec(
+                    f"network {spec.id} has vni {current[0].vni} and cidr {current[0].cidr}; "
+                    "those cannot change (make a new network)"
+                )
+            clash = next(
+                (n for n, _ in networks.values() if n.vni == spec.vni and n.id != spec.id), None
+            )
+            if clash is not None:
+                raise InvalidSpec(f"vni {spec.vni} is already used by network {clash.id}")
+            wanted = NetworkInfo(
+                spec.id, spec.vni, spec.cidr, spec.gateway_ip, spec.mtu, spec.peers
+            )
+            if current is not None and current[0] == wanted:
+                return wanted
+            self.faults.check("ensure_network", spec.id)
+            if current is None:
+                await self._create_network(ipr, spec)
+            await self._converge_network(ipr, spec)
+            return wanted
+
+    async def _create_network(self, ipr: AsyncIPRoute, spec: NetworkSpec) -> None:
+        bridge, vxlan = bridge_name(spec.vni), vxlan_name(spec.vni)
+        for name in (bridge, vxlan):
+            if await self._index(ipr, name) is not None:
+                raise InvalidSpec(
+                    f"device {name} for vni {spec.vni} exists but altostack did not make it "
+                    "(or its record is gone); remove it or choose another vni"
+                )
+        try:
+            await ipr.link("add", ifname=bridge, kind="bridge")
+            options: dict[str, Any] = {"vxlan_id": spec.vni, "vxlan_port": VXLAN_PORT}
+            if self.underlay_ip is not None:
+                options["vxlan_local"] = self.underlay_ip
+            await ipr.link("add", ifname=vxlan, kind="vxlan", **options)
+            bridge_index = await self._index(ipr, bridge)
+            vxlan_index = await self._index(ipr, vxlan)
+            await ipr.link("set", index=vxlan_index, master=bridge_index)
+            # The alias is written last: a bridge without it is not a network yet, so a
+            # crash in between leaves devices the next ensure reports instead of trusting.
+            record = {"kind": "net", "id": spec.id, "vni": spec.vni, "cidr": spec.cidr}
+            await ipr.link("set", index=bridge_index, ifalias=_alias({**record, "gw": ""}))
+        except BaseException:
+            await self._remove(ipr, vxlan, bridge)
+            raise
+
+    async def _converge_network(self, ipr: AsyncIPRoute, spec: NetworkSpec) -> None:
+        bridge_index = await self._index(ipr, bridge_name(spec.vni))
+        vxlan_index = await self._index(ipr, vxlan_name(spec.vni))
+        if bridge_index is None or vxlan_index is None:
+            raise BackendFailure(f"network {spec.id} lost its devices while being changed")
+        record = {
+            "kind": "net",
+            "id": spec.id,
+            "vni": spec.vni,
+            "cidr": spec.cidr,
+            "gw": spec.gateway_ip,
+        }
+        await ipr.link("set", index=vxlan_index, mtu=spec.mtu, state="up")
+        for link in await self._links(ipr):
+            if link.get_attr("IFLA_MASTER") == bridge_index and _record(link) is not None:
+                await ipr.link("set", index=link.get("index"), mtu=spec.mtu)
+        await ipr.link("set", index=bridge_index, mtu=spec.mtu, state="up", ifalias=_alias(record))
+        vxlan = (await ipr.link("get", index=vxlan_index))[0]
+        have = set(await self._peers(ipr, vxlan))
+        for peer in sorted(set(spec.peers) - have):
+            await ipr.fdb("append", ifindex=vxlan_index, lladdr=_ZERO_MAC, dst=peer)
+        for peer in sorted(have - set(spec.peers)):
+            await ipr.fdb("del", ifindex=vxlan_index, lladdr=_ZERO_MAC, dst=peer)
+
+    async def delete_network(self, network_id: str) -> None:
+        async with self._lock, self._ipr() as ipr:
+            networks, ports = await self._state(ipr)
+            current = networks.get(network_id)
+            if current is None:
+                return
+            using = sorted(p.id for p, _ in ports.values() if p.network_id == network_id)
+            if using:
+                raise InvalidState(
+                    "in use",
+                    "without ports",
+                    resource_id=network_id,
+                    message=f"network {network_id} still has {len(using)} port(s) "
+                    f"({', '.join(using)}); delete them first",
+                )
+            self.faults.check("delete_network", network_id)
+            await self._remove(ipr, vxlan_name(current[0].vni), bridge_name(current[0].vni))
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        async with self._ipr() as ipr:
+            networks, _ = await self._state(ipr)
+        return [info for _, (info, _link) in sorted(networks.items())]
+
+    # -- ports -----------------------------------------------------------------------------
+
+    async def ensure_port(self, spec: PortSpec) -> PortInfo:
+        async with self._lock, self._ipr() as ipr:
+            networks, ports = await self._state(ipr)
+            found = networks.get(spec.network_id)
+            if found is None:
+                raise NetworkNotFound(spec.network_id)
+            net, bridge = found
+            current = ports.get(spec.id)
+            if current is not None:
+                info = current[0]
+                if (info.network_id, info.mac, info.ip) != (spec.network_id, spec.mac, spec.ip):
+                    raise InvalidSpec(
+                        f"port {spec.id} is {info.mac}/{info.ip} on {info.network_id}; "
+                        "its network, MAC and IP cannot change (make a new port)"
+                    )
+            _check_addresses(spec, net, [p for p, _ in ports.values()])
+            device = port_device(spec.id)
+            wanted = PortInfo(
+                spec.id, spec.network_id, spec.mac, spec.ip, spec.security_group_ids, device
+            )
+            if current is not None and current[0] == wanted:
+                return wanted
+            self.faults.check("ensure_port", spec.id)
+            record = {
+                "kind": "port",
+                "id": spec.id,
+                "net": spec.network_id,
+                "mac": spec.mac,
+                "ip": spec.ip,
+                "sg": list(spec.security_group_ids),
+            }
+            alias = _alias(record)
+            created = False
+            try:
+                if await self._index(ipr, device) is None:
+                    await ipr.link("add", ifname=device, kind="tuntap", mode="tap")
+                    created = True
+                index = await self._index(ipr, device)
+                await ipr.link(
+                    "set",
+                    index=index,
+                    master=bridge.get("index"),
+                    mtu=net.mtu,
+                    state="up",
+                    ifalias=alias,
+                )
+            except BaseException:
+                if created:
+                    await self._remove(ipr, device)
+                raise
+            return wanted
+
+    async def delete_port(self, port_id: str) -> None:
+        async with self._lock, self._ipr() as ipr:
+            _, ports = await self._state(ipr)
+            current = ports.get(port_id)
+            if current is None:
+                return
+            self.faults.check("delete_port", port_id)
+            await self._remove(ipr, current[0].device)
+
+    async def list_ports(self, network_id: str | None = None) -> list[PortInfo]:
+        async with self._ipr() as ipr:
+            _, ports = await self._state(ipr)
+        return [
+            info
+            for _, (info, _link) in sorted(ports.items())
+            if network_id in (None, info.network_id)
+        ]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _index(self, ipr: AsyncIPRoute, name: str) -> int | None:
+        try:
+            found = await ipr.link_lookup(ifname=name)
+        except NetlinkError as exc:
+            if exc.code == _NO_DEVICE:
+                return None
+            raise
+        return int(found[0]) if found else None
+
+    async def _remove(self, ipr: AsyncIPRoute, *names: str) -> None:
+        for name in names:
+            index = await self._index(ipr, name)
+            if index is None:
+                continue
+            try:
+                await ipr.link("del", index=index)
+            except NetlinkError as exc:
+                if exc.code != _NO_DEVICE:
+                    raise
+
+
+def _check_addresses(spec: PortSpec, net: NetworkInfo, ports: list[PortInfo]) -> None:
+    if ipaddress.ip_address(spec.ip) not in ipaddress.ip_network(net.cidr):
+        raise InvalidSpec(f"IP {spec.ip} is outside network {net.id} ({net.cidr})")
+    if spec.ip == net.gateway_ip:
+        raise InvalidSpec(f"IP {spec.ip} is the gateway of network {net.id}")
+    for other in ports:
+        if other.network_id != spec.network_id or other.id == spec.id:
+            continue
+        if other.ip == spec.ip or other.mac.lower() == spec.mac.lower():
+            raise InvalidSpec(f"port {other.id} already uses {other.mac}/{other.ip} on {net.id}")
