@@ -19,9 +19,11 @@ branches of the contracts run too.
 from __future__ import annotations
 
 import abc
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,15 +190,21 @@ async def _just(harness: Any) -> AsyncIterator[Any]:
 class LinuxNetworkHarness(NetworkHarness):
     """The ``linux`` driver over a network namespace that stands for the host."""
 
-    def __init__(self, netns_name: str) -> None:
+    def __init__(self, netns_name: str, state_dir: Path) -> None:
         self.netns = netns_name
+        self.state_dir = state_dir
         self.faults = FaultInjector()
         self.driver = self._new_driver()
 
     def _new_driver(self) -> NetworkDriver:
         from altostack.drivers.network.linux import LinuxNetworkDriver
 
-        return LinuxNetworkDriver(netns=self.netns, underlay_ip="10.99.0.1", faults=self.faults)
+        return LinuxNetworkDriver(
+            state_dir=self.state_dir,
+            netns=self.netns,
+            underlay_ip="10.99.0.1",
+            faults=self.faults,
+        )
 
     async def restart(self) -> None:
         self.driver = self._new_driver()
@@ -206,8 +214,8 @@ class LinuxNetworkHarness(NetworkHarness):
 async def linux_network_harness() -> AsyncIterator[NetworkHarness]:
     from tests.support.netns import host_namespace
 
-    with host_namespace("c") as name:
-        yield LinuxNetworkHarness(name)
+    with host_namespace("c") as name, tempfile.TemporaryDirectory(prefix="alto-net-") as state:
+        yield LinuxNetworkHarness(name, Path(state))
 
 
 # -- the registries: one line per backend --------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from altostack.domain.ids import new_id
 from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
-from altostack.drivers.network.base import NetworkSpec, PortSpec
+from altostack.drivers.network.base import NetworkSpec, PortSpec, RuleSpec, SecurityGroupSpec
 from tests.contract.conftest import NetworkHarness
 
 _vni = iter(range(5000, 6000))
@@ -156,3 +156,56 @@ async def test_a_failed_ensure_leaves_nothing(network: NetworkHarness) -> None:
     with pytest.raises(BackendFailure):
         await network.driver.ensure_port(port)
     assert await network.driver.list_ports() == []
+
+
+def _group(**changes: object) -> SecurityGroupSpec:
+    spec = SecurityGroupSpec(
+        new_id("sg"),
+        (
+            RuleSpec("ingress", "tcp", 22, 22, remote_cidr="10.0.0.0/8"),
+            RuleSpec("ingress", "icmp", remote_ips=("10.20.0.7",), priority=50),
+            RuleSpec("egress", action="allow"),
+        ),
+    )
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+async def test_security_groups_are_idempotent_converge_and_delete(
+    network: NetworkHarness,
+) -> None:
+    net = _net()
+    await network.driver.ensure_network(net)
+    group = _group()
+    await network.driver.ensure_port(_port(net.id, 10, security_group_ids=(group.id,)))
+    assert await network.driver.ensure_security_group(group) == group
+    assert await network.driver.ensure_security_group(group) == group
+    assert await network.driver.list_security_groups() == [group]
+    changed = replace(group, rules=(RuleSpec("ingress", "udp", 53, 53, action="deny"),))
+    assert await network.driver.ensure_security_group(changed) == changed
+    assert await network.driver.list_security_groups() == [changed]
+    await network.restart()
+    assert await network.driver.list_security_groups() == [changed]
+    await network.driver.delete_security_group(group.id)
+    await network.driver.delete_security_group(group.id)
+    await network.driver.delete_security_group("sg-missing")
+    assert await network.driver.list_security_groups() == []
+
+
+async def test_a_failed_group_change_keeps_the_previous_rules(network: NetworkHarness) -> None:
+    group = _group()
+    await network.driver.ensure_security_group(group)
+    network.faults.inject("ensure_security_group", resource_id=group.id)
+    with pytest.raises(BackendFailure):
+        await network.driver.ensure_security_group(replace(group, rules=()))
+    assert await network.driver.list_security_groups() == [group]
+
+
+def test_rule_specs_are_checked() -> None:
+    with pytest.raises(ValueError, match="ports apply"):
+        RuleSpec("ingress", "icmp", 1, 2)
+    with pytest.raises(ValueError, match="port_min <= port_max"):
+        RuleSpec("ingress", "tcp", 90, 80)
+    with pytest.raises(ValueError, match="direction"):
+        RuleSpec("sideways")  # type: ignore[arg-type]
+    assert RuleSpec("ingress", "tcp", 80).port_max == 80
+    assert RuleSpec("ingress", remote_cidr="10.1.2.3/8").remote_cidr == "10.0.0.0/8"

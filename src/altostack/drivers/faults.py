@@ -34,7 +34,16 @@ STORAGE_OPERATIONS = frozenset(
         "rollback", "import_image", "delete_image", "read", "write", "export_volume",
     }
 )  # fmt: skip
-NETWORK_OPERATIONS = frozenset({"ensure_network", "delete_network", "ensure_port", "delete_port"})
+NETWORK_OPERATIONS = frozenset(
+    {
+        "ensure_network",
+        "delete_network",
+        "ensure_port",
+        "delete_port",
+        "ensure_security_group",
+        "delete_security_group",
+    }
+)
 OPERATIONS = COMPUTE_OPERATIONS | STORAGE_OPERATIONS | NETWORK_OPERATIONS
 
 

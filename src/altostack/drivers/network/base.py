@@ -16,6 +16,7 @@ import abc
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,92 @@ class NetworkSpec:
             raise ValueError(f"gateway {self.gateway_ip} is outside {self.cidr}")
 
 
+PortKind = Literal["tap", "veth"]
+
+
 @dataclass(frozen=True)
 class PortSpec:
-    """A VM's attachment to a network, with its addresses and security groups."""
+    """A VM's attachment to a network, with its addresses and security groups.
+
+    ``kind="tap"`` is what QEMU opens; ``kind="veth"`` leaves the other end of a veth pair
+    (named by :func:`guest_device`) for the caller to move into a namespace that stands
+    in for a guest (the lab and the fast packet tests).
+    """
 
     id: str
     network_id: str
     mac: str
     ip: str
     security_group_ids: tuple[str, ...] = ()
+    kind: PortKind = "tap"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "security_group_ids", tuple(self.security_group_ids))
         ipaddress.ip_address(self.ip)  # raises ValueError when malformed
+        if self.kind not in ("tap", "veth"):
+            raise ValueError(f"kind must be tap or veth, not {self.kind!r}")
+
+
+Direction = Literal["ingress", "egress"]
+Protocol = Literal["tcp", "udp", "icmp", "any"]
+Action = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One security group rule; ``remote_ips`` is a remote group resolved to its members.
+
+    The remote is the source of ingress traffic and the destination of egress traffic.
+    ``remote_cidr=None`` and ``remote_ips=None`` mean anywhere; ports apply to tcp/udp.
+    Rules of all the groups of a port are tried by ``priority`` (lower first; deny before
+    allow at one priority); the first match decides; nothing matching means drop.
+    """
+
+    direction: Direction
+    protocol: Protocol = "any"
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_cidr: str | None = None
+    remote_ips: tuple[str, ...] | None = None
+    action: Action = "allow"
+    priority: int = 100
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("ingress", "egress"):
+            raise ValueError(f"direction must be ingress or egress, not {self.direction!r}")
+        if self.protocol not in ("tcp", "udp", "icmp", "any"):
+            raise ValueError(f"protocol must be tcp, udp, icmp or any, not {self.protocol!r}")
+        if self.action not in ("allow", "deny"):
+            raise ValueError(f"action must be allow or deny, not {self.action!r}")
+        if (self.port_min, self.port_max) != (None, None):
+            if self.protocol not in ("tcp", "udp"):
+                raise ValueError("ports apply to tcp and udp rules only")
+            low = self.port_min if self.port_min is not None else self.port_max
+            high = self.port_max if self.port_max is not None else self.port_min
+            assert low is not None and high is not None
+            if not 1 <= low <= high <= 65535:
+                raise ValueError("ports must satisfy 1 <= port_min <= port_max <= 65535")
+            object.__setattr__(self, "port_min", low)
+            object.__setattr__(self, "port_max", high)
+        if self.remote_cidr is not None:
+            net = ipaddress.ip_network(self.remote_cidr, strict=False)
+            object.__setattr__(self, "remote_cidr", str(net))
+        if self.remote_ips is not None:
+            ips = tuple(sorted({str(ipaddress.ip_address(ip)) for ip in self.remote_ips}))
+            object.__setattr__(self, "remote_ips", ips)
+        if not 1 <= self.priority <= 1000:
+            raise ValueError("priority must be in 1..1000")
+
+
+@dataclass(frozen=True)
+class SecurityGroupSpec:
+    """A security group as the data plane applies it to the ports that name it."""
+
+    id: str
+    rules: tuple[RuleSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
 
 
 @dataclass(frozen=True)
@@ -81,6 +155,12 @@ class PortInfo:
     ip: str
     security_group_ids: tuple[str, ...]
     device: str
+    kind: PortKind = "tap"
+
+
+def guest_device(port_id: str) -> str:
+    """The far end of a ``veth`` port, for the caller to move into a guest namespace."""
+    return device_name("gst", port_id)
 
 
 def device_name(prefix: str, ident: str) -> str:
@@ -133,3 +213,22 @@ class NetworkDriver(abc.ABC):
     @abc.abstractmethod
     async def list_ports(self, network_id: str | None = None) -> list[PortInfo]:
         """Every port on the host (or of one network), sorted by id."""
+
+    # -- security groups -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ensure_security_group(self, spec: SecurityGroupSpec) -> SecurityGroupSpec:
+        """Make the group's rules what the spec says, on every port naming it, at once.
+
+        Idempotent. Stateful: replies of allowed connections pass, and connections already
+        established stay up when rules change. A port naming a group the host does not
+        have yet allows nothing new until the group arrives.
+        """
+
+    @abc.abstractmethod
+    async def delete_security_group(self, group_id: str) -> None:
+        """Forget the group; ports naming it lose its rules. A missing group succeeds."""
+
+    @abc.abstractmethod
+    async def list_security_groups(self) -> list[SecurityGroupSpec]:
+        """Every group on the host, sorted by id."""

@@ -23,10 +23,15 @@ one namespace per "host".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -40,7 +45,17 @@ from altostack.drivers.network.base import (
     NetworkSpec,
     PortInfo,
     PortSpec,
+    RuleSpec,
+    SecurityGroupSpec,
     device_name,
+    guest_device,
+)
+from altostack.drivers.network.linux_firewall import (
+    FirewallNetwork,
+    FirewallPort,
+    conntrack_zone,
+    empty_ruleset,
+    ruleset,
 )
 
 __all__ = ["VXLAN_PORT", "LinuxNetworkDriver", "bridge_name", "vxlan_name"]
@@ -49,6 +64,7 @@ VXLAN_PORT = 4789
 _ZERO_MAC = "00:00:00:00:00:00"
 _ALIAS_MAX = 255  # IFALIASZ - 1
 _NO_DEVICE = 19  # ENODEV
+_NFT_TIMEOUT = 30.0
 
 
 def bridge_name(vni: int) -> str:
@@ -99,6 +115,7 @@ class LinuxNetworkDriver(NetworkDriver):
     def __init__(
         self,
         *,
+        state_dir: Path,
         underlay_ip: str | None = None,
         netns: str | None = None,
         faults: FaultInjector | None = None,
@@ -107,6 +124,9 @@ class LinuxNetworkDriver(NetworkDriver):
             ipaddress.ip_address(underlay_ip)
         self.underlay_ip = underlay_ip
         self.netns = netns
+        # Security groups have no kernel object to carry them whole (nft comments are
+        # 128 bytes), so their specs are files; the ruleset is always derived from them.
+        self.groups_dir = Path(state_dir) / "security-groups"
         self.faults = faults or FaultInjector()
         # Uniqueness (VNI, IP, MAC) spans objects, so changes are serialised per driver.
         self._lock = asyncio.Lock()
@@ -163,6 +183,7 @@ class LinuxNetworkDriver(NetworkDriver):
                 record["ip"],
                 tuple(record.get("sg", ())),
                 link.get("ifname"),
+                record.get("type", "tap"),
             )
             ports[port.id] = (port, link)
         return networks, ports
@@ -199,6 +220,8 @@ class LinuxNetworkDriver(NetworkDriver):
             if current is None:
                 await self._create_network(ipr, spec)
             await self._converge_network(ipr, spec)
+            if current is None:
+                await self._sync_firewall(ipr)  # its conntrack zone
             return wanted
 
     async def _create_network(self, ipr: AsyncIPRoute, spec: NetworkSpec) -> None:
@@ -267,6 +290,7 @@ class LinuxNetworkDriver(NetworkDriver):
                 )
             self.faults.check("delete_network", network_id)
             await self._remove(ipr, vxlan_name(current[0].vni), bridge_name(current[0].vni))
+            await self._sync_firewall(ipr)
 
     async def list_networks(self) -> list[NetworkInfo]:
         async with self._ipr() as ipr:
@@ -285,15 +309,23 @@ class LinuxNetworkDriver(NetworkDriver):
             current = ports.get(spec.id)
             if current is not None:
                 info = current[0]
-                if (info.network_id, info.mac, info.ip) != (spec.network_id, spec.mac, spec.ip):
+                fixed = (info.network_id, info.mac, info.ip, info.kind)
+                if fixed != (spec.network_id, spec.mac, spec.ip, spec.kind):
                     raise InvalidSpec(
-                        f"port {spec.id} is {info.mac}/{info.ip} on {info.network_id}; "
-                        "its network, MAC and IP cannot change (make a new port)"
+                        f"port {spec.id} is a {info.kind} {info.mac}/{info.ip} on "
+                        f"{info.network_id}; its network, MAC, IP and kind cannot change "
+                        "(make a new port)"
                     )
             _check_addresses(spec, net, [p for p, _ in ports.values()])
             device = port_device(spec.id)
             wanted = PortInfo(
-                spec.id, spec.network_id, spec.mac, spec.ip, spec.security_group_ids, device
+                spec.id,
+                spec.network_id,
+                spec.mac,
+                spec.ip,
+                spec.security_group_ids,
+                device,
+                spec.kind,
             )
             if current is not None and current[0] == wanted:
                 return wanted
@@ -305,12 +337,19 @@ class LinuxNetworkDriver(NetworkDriver):
                 "mac": spec.mac,
                 "ip": spec.ip,
                 "sg": list(spec.security_group_ids),
+                "type": spec.kind,
             }
             alias = _alias(record)
             created = False
             try:
                 if await self._index(ipr, device) is None:
-                    await ipr.link("add", ifname=device, kind="tuntap", mode="tap")
+                    if spec.kind == "veth":
+                        peer = guest_device(spec.id)
+                        await ipr.link("add", ifname=device, kind="veth", peer=peer)
+                        peer_index = await self._index(ipr, peer)
+                        await ipr.link("set", index=peer_index, mtu=net.mtu, address=spec.mac)
+                    else:
+                        await ipr.link("add", ifname=device, kind="tuntap", mode="tap")
                     created = True
                 index = await self._index(ipr, device)
                 await ipr.link(
@@ -321,9 +360,11 @@ class LinuxNetworkDriver(NetworkDriver):
                     state="up",
                     ifalias=alias,
                 )
+                await self._sync_firewall(ipr)
             except BaseException:
                 if created:
                     await self._remove(ipr, device)
+                    await self._sync_firewall(ipr)
                 raise
             return wanted
 
@@ -335,6 +376,7 @@ class LinuxNetworkDriver(NetworkDriver):
                 return
             self.faults.check("delete_port", port_id)
             await self._remove(ipr, current[0].device)
+            await self._sync_firewall(ipr)
 
     async def list_ports(self, network_id: str | None = None) -> list[PortInfo]:
         async with self._ipr() as ipr:
@@ -344,6 +386,106 @@ class LinuxNetworkDriver(NetworkDriver):
             for _, (info, _link) in sorted(ports.items())
             if network_id in (None, info.network_id)
         ]
+
+    # -- security groups -------------------------------------------------------------------
+
+    async def ensure_security_group(self, spec: SecurityGroupSpec) -> SecurityGroupSpec:
+        async with self._lock, self._ipr() as ipr:
+            previous = self._groups().get(spec.id)
+            if previous == spec:
+                return spec
+            self.faults.check("ensure_security_group", spec.id)
+            self._write_group(spec)
+            try:
+                await self._sync_firewall(ipr)
+            except BaseException:
+                if previous is None:
+                    self._group_path(spec.id).unlink(missing_ok=True)
+                else:
+                    self._write_group(previous)
+                raise
+            return spec
+
+    async def delete_security_group(self, group_id: str) -> None:
+        async with self._lock, self._ipr() as ipr:
+            path = self._group_path(group_id)
+            if not path.exists():
+                return
+            self.faults.check("delete_security_group", group_id)
+            path.unlink()
+            await self._sync_firewall(ipr)
+
+    async def list_security_groups(self) -> list[SecurityGroupSpec]:
+        return [group for _, group in sorted(self._groups().items())]
+
+    def _group_path(self, group_id: str) -> Path:
+        if not group_id or "/" in group_id or group_id.startswith("."):
+            raise InvalidSpec(f"{group_id!r} is not a security group id")
+        return self.groups_dir / f"{group_id}.json"
+
+    def _write_group(self, spec: SecurityGroupSpec) -> None:
+        self.groups_dir.mkdir(parents=True, exist_ok=True)
+        path = self._group_path(spec.id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(spec)))
+        os.replace(tmp, path)
+
+    def _groups(self) -> dict[str, SecurityGroupSpec]:
+        found: dict[str, SecurityGroupSpec] = {}
+        if not self.groups_dir.is_dir():
+            return found
+        for path in self.groups_dir.glob("*.json"):
+            data = json.loads(path.read_text())
+            rules = []
+            for rule in data.get("rules", []):
+                if rule.get("remote_ips") is not None:
+                    rule["remote_ips"] = tuple(rule["remote_ips"])
+                rules.append(RuleSpec(**rule))
+            found[data["id"]] = SecurityGroupSpec(data["id"], tuple(rules))
+        return found
+
+    async def _sync_firewall(self, ipr: AsyncIPRoute) -> None:
+        """Replace the host's whole filter with what ports and groups say, atomically."""
+        networks, ports = await self._state(ipr)
+        fw_ports = [
+            FirewallPort(
+                info.device, int(link.get("index")), info.mac, info.ip, info.security_group_ids
+            )
+            for _, (info, link) in sorted(ports.items())
+        ]
+        fw_nets = [
+            FirewallNetwork(bridge_name(info.vni), conntrack_zone(info.vni))
+            for _, (info, _link) in sorted(networks.items())
+        ]
+        document = (
+            ruleset(fw_nets, fw_ports, self._groups()) if fw_ports or fw_nets else empty_ruleset()
+        )
+        await self._nft(document)
+
+    async def _nft(self, document: dict[str, Any]) -> None:
+        nft = shutil.which("nft")
+        if nft is None:
+            raise BackendFailure("nft is not installed (scripts/install-system-deps)")
+        argv = [nft, "-j", "-f", "-"]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(
+                proc.communicate(json.dumps(document).encode()), _NFT_TIMEOUT
+            )
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise BackendFailure(f"nft refused the ruleset: {err.decode(errors='replace').strip()}")
 
     # -- helpers ---------------------------------------------------------------------------
 

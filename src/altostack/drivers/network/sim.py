@@ -21,6 +21,7 @@ from altostack.drivers.network.base import (
     NetworkSpec,
     PortInfo,
     PortSpec,
+    SecurityGroupSpec,
     device_name,
 )
 from altostack.drivers.timings import SimTimings
@@ -39,6 +40,7 @@ class SimDataplane:
 
     networks: dict[str, NetworkInfo] = field(default_factory=dict)
     ports: dict[str, PortInfo] = field(default_factory=dict)
+    groups: dict[str, SecurityGroupSpec] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -112,11 +114,11 @@ class SimNetworkDriver(NetworkDriver):
                 raise NetworkNotFound(spec.network_id)
             current = self.dataplane.ports.get(spec.id)
             if current is not None:
-                fixed = (current.network_id, current.mac, current.ip)
-                if fixed != (spec.network_id, spec.mac, spec.ip):
+                fixed = (current.network_id, current.mac, current.ip, current.kind)
+                if fixed != (spec.network_id, spec.mac, spec.ip, spec.kind):
                     raise InvalidSpec(
                         f"port {spec.id} is {current.mac}/{current.ip} on {current.network_id}; "
-                        "its network, MAC and IP cannot change (make a new port)"
+                        "its network, MAC, IP and kind cannot change (make a new port)"
                     )
             self._check_addresses(spec, net)
             wanted = PortInfo(
@@ -126,6 +128,7 @@ class SimNetworkDriver(NetworkDriver):
                 spec.ip,
                 spec.security_group_ids,
                 tap_name(spec.id),
+                spec.kind,
             )
             if current == wanted:
                 return wanted
@@ -157,6 +160,24 @@ class SimNetworkDriver(NetworkDriver):
         return [
             p for _, p in sorted(self.dataplane.ports.items()) if network_id in (None, p.network_id)
         ]
+
+    async def ensure_security_group(self, spec: SecurityGroupSpec) -> SecurityGroupSpec:
+        async with self.dataplane.lock:
+            if self.dataplane.groups.get(spec.id) == spec:
+                return spec
+            await self._work("ensure_security_group", self.timings.ensure_port, spec.id)
+            self.dataplane.groups[spec.id] = spec
+            return spec
+
+    async def delete_security_group(self, group_id: str) -> None:
+        async with self.dataplane.lock:
+            if group_id not in self.dataplane.groups:
+                return
+            await self._work("delete_security_group", self.timings.delete_port, group_id)
+            del self.dataplane.groups[group_id]
+
+    async def list_security_groups(self) -> list[SecurityGroupSpec]:
+        return [g for _, g in sorted(self.dataplane.groups.items())]
 
     async def _work(self, operation: str, seconds: float, resource_id: str) -> None:
         await self._sleep(seconds)
