@@ -170,3 +170,15 @@ class Vm(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purge_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SpentConsoleToken(Base):
+    """A console token or WebSocket ticket that has been used: the primary key makes the
+    second use fail in the database, race-free across API processes. Rows are kept until
+    the credential would have expired anyway (the janitor removes them)."""
+
+    __tablename__ = "spent_console_tokens"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(40))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
