@@ -4,6 +4,7 @@ one-time page, one-time WebSocket ticket, websockify-style relay both ways, refu
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -85,6 +86,9 @@ async def test_console_relays_rfb_both_ways(container, client, owner, http, base
     password = hypervisor.console_password(vm["id"])
     assert password and config["password"] == password  # fresh, from the agent
     assert config["path"].startswith("/v1/console/websockify?ticket=")
+    ticket = config["path"].split("ticket=")[1].split(".")[0]
+    claims = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4)).decode()
+    assert str(vnc.port) not in claims and "127.0.0.1" not in claims  # no host address
     assert (await http.get("/v1/console/novnc/core/rfb.js")).status_code == 200
 
     async with connect(f"ws://{base}{config['path']}", subprotocols=["binary"]) as ws:
@@ -188,3 +192,19 @@ async def test_unreachable_vnc_listener_is_503(container, client, owner, http, b
         async with connect(f"ws://{base}{config['path']}"):
             pass
     assert refused.value.response.status_code == 503
+
+
+async def test_an_idle_console_is_closed(container, client, owner, http, base, vnc):
+    container.settings.console_idle_seconds = 0.5
+    vm = await _console_vm(container, client, owner, vnc)
+    config = page_config((await http.get(await _url(client, owner, vm["id"]))).text)
+    async with connect(f"ws://{base}{config['path']}") as ws:
+        assert await asyncio.wait_for(ws.recv(), 5) == BANNER
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    await asyncio.wait_for(vnc.closed.wait(), 5)
+    r = await client.get(
+        f"/v1/events?resource_id={vm['id']}&action=vm.console.close", headers=owner
+    )
+    assert r.json()["items"][0]["details"]["ended_by"] == "idle"

@@ -5,13 +5,14 @@ Two signed, single-use credentials carry a browser from the API to the VM's scre
 1. the *token* in the URL that ``POST /v1/vms/{id}/actions/console`` returns (300 s): it
    opens the console page once. Opening it asks the VM's host agent for the console
    endpoint, which sets a fresh VNC password (earlier ones stop working);
-2. the *ticket* that page uses for its WebSocket (60 s): it says which VNC listener to
-   relay to, so any API process can serve the WebSocket without shared memory.
+2. the *ticket* that page uses for its WebSocket (60 s).
 
-Both are HMACs under a key derived from the server secret (no table to look them up), and
-both are spent by inserting their nonce into ``spent_console_tokens``: the primary key
-makes a second use fail in the database, race-free across API processes and restarts
-(an in-memory set would forget on restart and not be shared by a second API server).
+Both are HMACs under a key derived from the server secret, naming the VM, the expiry, a
+nonce and who asked. Their single use is recorded in the database (``console_grants``,
+keyed by nonce), so it is race-free across API processes and survives restarts (an
+in-memory set would forget on restart, and a second API server would not share it). The
+ticket's row also holds the VNC listener it leads to: the browser never sees the host's
+address.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from altostack.bus import Bus
 from altostack.db.database import Database
-from altostack.db.models_compute import SpentConsoleToken, Vm
+from altostack.db.models_compute import ConsoleGrant, Vm
 from altostack.db.types import utcnow
 from altostack.domain import vm_states
 from altostack.domain.agent_protocol import agent_subject, command
@@ -109,7 +110,7 @@ class ConsolePage:
 
 @dataclass(frozen=True)
 class ConsoleTarget:
-    """Where a WebSocket ticket says to relay, and on whose behalf."""
+    """Where a WebSocket ticket leads (from its database row), and on whose behalf."""
 
     vm_id: str
     tenant_id: str
@@ -167,9 +168,10 @@ class ConsoleService:
                 f"cannot open the console of VM {vm.id}: it is {vm.state}",
                 extra={"current_state": vm.state},
             )
-        await self._spend(str(claims.get("n", "")), vm.id, float(claims["exp"]))
+        await self._spend_token(str(claims.get("n", "")), vm.id, float(claims["exp"]))
         endpoint = await self._ask_agent(vm.host_id, vm.id)
         expires = utcnow() + timedelta(seconds=TICKET_SECONDS)
+        nonce = secrets.token_hex(16)
         ticket = _sign(
             self.key,
             {
@@ -177,12 +179,23 @@ class ConsoleService:
                 "k": _SOCKET,
                 "vm": vm.id,
                 "t": vm.tenant_id,
-                "h": str(endpoint["host"]),
-                "p": int(endpoint["port"]),
                 "exp": int(expires.timestamp()),
-                "n": secrets.token_hex(16),
+                "n": nonce,
             },
         )
+        async with self.db.uow() as uow:
+            uow.session.add(
+                ConsoleGrant(
+                    nonce=nonce,
+                    kind=_SOCKET,
+                    vm_id=vm.id,
+                    host=str(endpoint["host"]),
+                    port=int(endpoint["port"]),
+                    used=False,
+                    expires_at=expires,
+                )
+            )
+            await uow.commit()
         await self.events.record(
             build_event(
                 principal=_actor(claims),
@@ -201,9 +214,28 @@ class ConsoleService:
     async def connect(self, ticket: str) -> ConsoleTarget:
         """Spend a WebSocket ticket; where to relay to."""
         claims = _verify(self.key, ticket, _SOCKET, time.time())
-        await self._spend(str(claims.get("n", "")), str(claims["vm"]), float(claims["exp"]))
+        nonce = str(claims.get("n", ""))
+        async with self.db.uow() as uow:
+            # Conditional: of two uses racing, exactly one flips ``used``.
+            spent = await uow.session.execute(
+                update(ConsoleGrant)
+                .where(
+                    ConsoleGrant.nonce == nonce,
+                    ConsoleGrant.kind == _SOCKET,
+                    ConsoleGrant.used.is_(False),
+                )
+                .values(used=True)
+            )
+            row = (
+                await uow.session.execute(
+                    select(ConsoleGrant.host, ConsoleGrant.port).where(ConsoleGrant.nonce == nonce)
+                )
+            ).first()
+            await uow.commit()
+        if not getattr(spent, "rowcount", 0) or row is None or row.host is None:
+            raise Gone("this console link was already used; ask for a new one")
         return ConsoleTarget(
-            str(claims["vm"]), str(claims["t"]), str(claims["h"]), int(claims["p"]), _actor(claims)
+            str(claims["vm"]), str(claims["t"]), row.host, int(row.port or 0), _actor(claims)
         )
 
     async def record(
@@ -234,17 +266,19 @@ class ConsoleService:
         except Exception:
             log.exception("could not record console event", action=action, vm_id=target.vm_id)
 
-    async def _spend(self, nonce: str, vm_id: str, exp: float) -> None:
+    async def _spend_token(self, nonce: str, vm_id: str, exp: float) -> None:
         now = utcnow()
         try:
             async with self.db.uow() as uow:
-                # Spent rows are only needed until they would have expired anyway.
-                await uow.session.execute(
-                    delete(SpentConsoleToken).where(SpentConsoleToken.expires_at < now)
-                )
+                # Grants are only needed until they would have expired anyway.
+                await uow.session.execute(delete(ConsoleGrant).where(ConsoleGrant.expires_at < now))
                 uow.session.add(
-                    SpentConsoleToken(
-                        nonce=nonce, vm_id=vm_id, expires_at=datetime.fromtimestamp(exp, UTC)
+                    ConsoleGrant(
+                        nonce=nonce,
+                        kind=_PAGE,
+                        vm_id=vm_id,
+                        used=True,
+                        expires_at=datetime.fromtimestamp(exp, UTC),
                     )
                 )
                 await uow.commit()

@@ -1,4 +1,4 @@
-"""console: spent one-time console tokens and WebSocket tickets
+"""console: one-time console tokens and WebSocket tickets
 
 Revision ID: 0004
 Revises: 0003
@@ -20,20 +20,21 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
-        "spent_console_tokens",
+        "console_grants",
         sa.Column("nonce", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
         sa.Column("vm_id", sa.String(length=40), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=True),
+        sa.Column("port", sa.Integer(), nullable=True),
+        sa.Column("used", sa.Boolean(), nullable=False),
         sa.Column("expires_at", altostack.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("nonce", name=op.f("pk_spent_console_tokens")),
+        sa.PrimaryKeyConstraint("nonce", name=op.f("pk_console_grants")),
     )
     op.create_index(
-        op.f("ix_spent_console_tokens_expires_at"),
-        "spent_console_tokens",
-        ["expires_at"],
-        unique=False,
+        op.f("ix_console_grants_expires_at"), "console_grants", ["expires_at"], unique=False
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_spent_console_tokens_expires_at"), table_name="spent_console_tokens")
-    op.drop_table("spent_console_tokens")
+    op.drop_index(op.f("ix_console_grants_expires_at"), table_name="console_grants")
+    op.drop_table("console_grants")
