@@ -145,6 +145,9 @@ async def test_token_and_ticket_are_single_use(container, client, owner, http, b
             pass
     assert refused.value.response.status_code == 410
     assert vnc.connections == 1
+    path = f"/v1/events?resource_id={vm['id']}&action=vm.console.open&result=failure"
+    (failed,) = (await client.get(path, headers=owner)).json()["items"]
+    assert failed["status_code"] == 410 and failed["actor_name"] == "compute/owner"
 
 
 async def test_forged_and_expired_links_are_refused(container, client, owner, http, base, vnc):

@@ -18,6 +18,7 @@ address.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -37,7 +38,14 @@ from altostack.db.models_compute import ConsoleGrant, Vm
 from altostack.db.types import utcnow
 from altostack.domain import vm_states
 from altostack.domain.agent_protocol import agent_subject, command
-from altostack.domain.errors import Conflict, Gone, NotFound, PermissionDenied, Unavailable
+from altostack.domain.errors import (
+    Conflict,
+    DomainError,
+    Gone,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from altostack.services.context import Principal
 from altostack.services.events import EventService, build_event
 
@@ -156,9 +164,31 @@ class ConsoleService:
         self.agent_timeout = agent_timeout
 
     async def open_page(self, token: str, source_ip: str | None = None) -> ConsolePage:
-        """Spend the token, get a fresh endpoint from the host agent, make the ticket."""
+        """Spend the token, get a fresh endpoint from the host agent, make the ticket.
+
+        A genuine token that cannot be used (spent, VM stopped, host silent) leaves a
+        failure event: someone holding a link is worth knowing about."""
         claims = _verify(self.key, token, _PAGE, time.time())
         vm_id = str(claims.get("vm", ""))
+        try:
+            return await self._open(claims, vm_id, source_ip)
+        except DomainError as exc:
+            failure = build_event(
+                principal=_actor(claims),
+                action="vm.console.open",
+                result="failure",
+                source_ip=source_ip,
+                resource_type="vm",
+                resource_id=vm_id,
+                status_code=exc.status,
+                failure_reason=exc.detail,
+                tenant_id=str(claims.get("tid", "")) or None,
+            )
+            with contextlib.suppress(Exception):
+                await self.events.record(failure)
+            raise
+
+    async def _open(self, claims: dict[str, Any], vm_id: str, source_ip: str | None) -> ConsolePage:
         async with self.db.uow(write=False) as uow:
             vm = await uow.session.get(Vm, vm_id)
         if vm is None:
@@ -183,7 +213,7 @@ class ConsoleService:
                 "n": nonce,
             },
         )
-        async with self.db.uow() as uow:
+        async with self.db.uow() as uow:  # the ticket's row and the event, together
             uow.session.add(
                 ConsoleGrant(
                     nonce=nonce,
@@ -195,19 +225,20 @@ class ConsoleService:
                     expires_at=expires,
                 )
             )
-            await uow.commit()
-        await self.events.record(
-            build_event(
-                principal=_actor(claims),
-                action="vm.console.open",
-                result="success",
-                source_ip=source_ip,
-                resource_type="vm",
-                resource_id=vm.id,
-                status_code=200,
-                tenant_id=vm.tenant_id,
+            self.events.add(
+                uow,
+                build_event(
+                    principal=_actor(claims),
+                    action="vm.console.open",
+                    result="success",
+                    source_ip=source_ip,
+                    resource_type="vm",
+                    resource_id=vm.id,
+                    status_code=200,
+                    tenant_id=vm.tenant_id,
+                ),
             )
-        )
+            await uow.commit()
         password = endpoint.get("password")
         return ConsolePage(vm.id, vm.name, ticket, str(password) if password else None, expires)
 
