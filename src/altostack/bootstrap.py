@@ -19,6 +19,7 @@ from altostack.db.database import Database
 from altostack.db.migrate import upgrade
 from altostack.services.apikeys import ApiKeyService
 from altostack.services.auth import AuthService
+from altostack.services.console import ConsoleService
 from altostack.services.events import EventService
 from altostack.services.idempotency import IdempotencyService
 from altostack.services.image_store import ImageStore
@@ -62,6 +63,7 @@ class Container:
     images: ImageService
     placement: PlacementService
     vms: VmService
+    console: ConsoleService
     compute: ComputeController
     host_monitor: HostMonitor
     metrics: ApiMetrics
@@ -181,6 +183,9 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         images=images,
         placement=placement,
         vms=vms,
+        console=ConsoleService(
+            db, bus, events, master_key, agent_timeout=settings.agent_timeout_seconds
+        ),
         compute=compute,
         host_monitor=HostMonitor(
             db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds

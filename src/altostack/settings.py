@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Multiplies the sim driver's realistic delays (0: instant)"
     )
     janitor_interval_seconds: float = Field(300.0, gt=0)
+    novnc_dir: Path = Field(
+        Path("/usr/share/novnc"), description="noVNC's files (Debian's novnc package)"
+    )
+    console_idle_seconds: float = Field(
+        1800.0, gt=0, description="A console with no traffic either way is closed after this"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_seconds: float = Field(20.0, ge=0)

@@ -690,6 +690,9 @@ def test_vm_show_and_console(api: FakeApi, alto: Any) -> None:
     result = alto("-o", "json", "vm", "console", "vm-1")
     assert out_json(result) == console
     assert f"Open: {URL}/v1/console/vnc?token=T" in result.stderr
+    result = alto("vm", "console", "vm-1")
+    assert result.stdout.strip() == f"{URL}/v1/console/vnc?token=T"  # the full URL alone
+    assert "one opening" in result.stderr
 
 
 # -- placement groups and the recycle bin -----------------------------------------------

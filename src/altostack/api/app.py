@@ -16,6 +16,7 @@ from altostack.api.routers import (
     api_keys,
     auth,
     catalog,
+    console,
     events,
     health,
     infra,
@@ -43,6 +44,7 @@ ROUTERS = [
     infra.router,
     catalog.router,
     vms.router,
+    console.router,
     events.router,
 ]
 
@@ -104,6 +106,7 @@ def create_app(
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.mount_novnc(app, container.settings.novnc_dir)
     for plugin in container.plugins:
         hook = getattr(plugin, "altostack_plugin", None)
         if hook is not None:

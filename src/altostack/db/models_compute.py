@@ -170,3 +170,23 @@ class Vm(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purge_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsoleGrant(Base):
+    """A one-time console credential, by its nonce (the credential itself is an HMAC).
+
+    A page token gets its row when it is spent (``used`` true): the primary key makes a
+    second use fail in the database, race-free across API processes. A WebSocket ticket
+    gets its row when it is issued, holding the VNC listener it leads to (so the browser
+    never learns the host's address), and is spent by flipping ``used`` in a conditional
+    UPDATE. Rows are deleted once they would have expired anyway."""
+
+    __tablename__ = "console_grants"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    vm_id: Mapped[str] = mapped_column(String(40))
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    used: Mapped[bool] = mapped_column(default=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -110,6 +110,15 @@ class QuotaExceeded(DomainError):
         )
 
 
+class Gone(DomainError):
+    """A one-time credential that was already spent or has expired: asking again for a
+    new one is the only way on (unlike 403, nothing about the caller is wrong)."""
+
+    status = 410
+    code = "Gone"
+    title = "Gone"
+
+
 class RateLimited(DomainError):
     status = 429
     code = "RateLimited"

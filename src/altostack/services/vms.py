@@ -6,14 +6,8 @@ work; the operation handlers in ``controllers.compute`` then drive the host agen
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import re
-import secrets
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, insert, select
@@ -29,6 +23,7 @@ from altostack.domain import vm_states
 from altostack.domain.errors import Conflict, InvalidRequest
 from altostack.domain.ids import new_id
 from altostack.services import authz
+from altostack.services.console import issue_token
 from altostack.services.context import RequestContext
 from altostack.services.images import can_see
 from altostack.services.instance_types import InstanceTypeService
@@ -570,10 +565,10 @@ class VmService:
             return list(rows)
 
     async def console(self, ctx: RequestContext, vm_id: str) -> dict[str, Any]:
-        """A console URL with a token valid for 300 s, bound to this VM.
+        """A console URL with a one-time token valid for 300 s, bound to this VM.
 
-        The token is an HMAC under the server secret (no table): the console proxy checks
-        it, and spends it on first use."""
+        The token is an HMAC under the server secret (no table): the console service
+        (services/console.py) checks it and spends it on first use."""
         async with self.db.uow(write=False) as uow:
             vm = await self.load(uow, ctx, vm_id, "vm:console")
         try:
@@ -583,13 +578,7 @@ class VmService:
                 f"cannot open the console of VM {vm.id}: it is {vm.state}",
                 extra={"current_state": vm.state},
             ) from None
-        expires = utcnow() + timedelta(seconds=CONSOLE_SECONDS)
-        payload = json.dumps(
-            {"vm": vm.id, "exp": int(expires.timestamp()), "n": secrets.token_hex(8)}
-        ).encode()
-        body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
-        mac = hmac.new(self.console_key, body.encode(), hashlib.sha256).hexdigest()
-        token = f"{body}.{mac}"
+        token, expires = issue_token(self.console_key, vm.id, ctx.principal)
         return {
             "url": f"/v1/console/vnc?token={token}",
             "token": token,

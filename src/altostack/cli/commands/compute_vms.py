@@ -25,7 +25,7 @@ from altostack.cli.commands.compute_common import (
     wait_all,
 )
 from altostack.cli.output import emit_object, note
-from altostack.cli.state import CliState, OutputOption, get_state
+from altostack.cli.state import CliState, OutputFormat, OutputOption, get_state
 from altostack.cli.waiting import (
     NoWaitOption,
     follow_operation,
@@ -416,14 +416,21 @@ def vm_restore(
 
 @vms.command("console")
 def vm_console(ctx: typer.Context, vm_id: str, output: OutputOption = None) -> None:
-    """A VNC console URL and token for a running VM (valid 300 s, used once)."""
+    """The VNC console URL of a running VM, to open in a browser (valid 300 s, used once).
+
+    The table output is the full URL alone, so ``xdg-open "$(alto vm console ID)"`` works;
+    ``-o json|yaml`` gives the API's answer (token, expiry)."""
     state = get_state(ctx, output)
     client = state.client()
     console = client.post(path_of(BASE, vm_id, "actions", "console"), {})
-    emit_object(state, console)
     url = str(console.get("url") or "")
-    if url.startswith("/"):
-        note(state, f"Open: {client.base_url}{url}")
+    full = f"{client.base_url}{url}" if url.startswith("/") else url
+    if state.output is OutputFormat.table:
+        state.stdout.print(full, soft_wrap=True)
+        note(state, f"Valid until {console.get('expires_at')}, for one opening.")
+        return
+    emit_object(state, console)
+    note(state, f"Open: {full}")
 
 
 # -- placement groups ------------------------------------------------------------------
