@@ -13,6 +13,7 @@ from altostack.bus import Bus, connect
 from altostack.controllers.compute import ComputeController
 from altostack.controllers.host_monitor import HostMonitor
 from altostack.controllers.janitor import Janitor
+from altostack.controllers.network import NetworkController
 from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
@@ -26,6 +27,7 @@ from altostack.services.image_store import ImageStore
 from altostack.services.images import ImageService
 from altostack.services.infra import InfraService
 from altostack.services.instance_types import InstanceTypeService
+from altostack.services.network import NetworkService
 from altostack.services.operations import OperationService
 from altostack.services.passwords import Passwords
 from altostack.services.placement import PlacementService
@@ -65,6 +67,7 @@ class Container:
     vms: VmService
     console: ConsoleService
     compute: ComputeController
+    network: NetworkService
     host_monitor: HostMonitor
     metrics: ApiMetrics
     agents: list[Any] = field(default_factory=list)
@@ -159,6 +162,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         return {k: image[k] for k in ("id", "state", "format", "size_bytes", "checksum_sha256")}
 
     registry.register("image.import", import_image)
+    NetworkController(db, quotas).register(registry)
     container = Container(
         settings=settings,
         db=db,
@@ -187,6 +191,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
             db, bus, events, master_key, agent_timeout=settings.agent_timeout_seconds
         ),
         compute=compute,
+        network=NetworkService(db, operations, quotas),
         host_monitor=HostMonitor(
             db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
         ),

@@ -59,6 +59,13 @@ async def _compute_ids(client, owner) -> dict[str, str]:
             "/v1/placement-groups", json={"name": "g", "policy": "anti-affinity"}, headers=owner
         )
     ).json()
+    vpc = (
+        await client.post("/v1/vpcs", json={"name": "v", "cidr": "10.0.0.0/16"}, headers=owner)
+    ).json()
+    await wait_op(client, owner, vpc["operation"])
+    body = {"vpc_id": vpc["vpc"]["id"], "name": "s", "cidr": "10.0.1.0/24"}
+    subnet = (await client.post("/v1/subnets", json=body, headers=owner)).json()
+    await wait_op(client, owner, subnet["operation"])
     vm = await create_vm(client, owner, "a-vm", placement_group_id=group["id"])
     binned = await create_vm(client, owner, "a-binned")
     r = await client.delete(f"/v1/vms/{binned['id']}", headers=owner)
@@ -66,6 +73,8 @@ async def _compute_ids(client, owner) -> dict[str, str]:
     return {
         "images": image["id"],
         "placement-groups": group["id"],
+        "vpcs": vpc["vpc"]["id"],
+        "subnets": subnet["subnet"]["id"],
         "vms": vm["id"],
         "recycle-bin": binned["id"],
     }

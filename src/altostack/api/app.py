@@ -20,6 +20,7 @@ from altostack.api.routers import (
     events,
     health,
     infra,
+    network,
     operations,
     quotas,
     roles,
@@ -45,6 +46,7 @@ ROUTERS = [
     catalog.router,
     vms.router,
     console.router,
+    network.router,
     events.router,
 ]
 

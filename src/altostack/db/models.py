@@ -221,3 +221,4 @@ class LoginThrottle(Base):
 # The compute tables live in their own module; importing it here registers them on the
 # same metadata, so Alembic and the tests see one schema.
 from altostack.db import models_compute as _compute  # noqa: E402, F401
+from altostack.db import models_network as _network  # noqa: E402, F401

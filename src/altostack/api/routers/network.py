@@ -1,0 +1,146 @@
+"""``/v1/vpcs`` and ``/v1/subnets`` (API.md: creates and deletes are operations, 202)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from altostack.api.deps import C, Ctx, Paging, permission
+from altostack.api.network_schemas import (
+    SubnetAccepted,
+    SubnetCreate,
+    SubnetOut,
+    VpcAccepted,
+    VpcCreate,
+    VpcOut,
+)
+from altostack.api.schemas import PROBLEMS, ListOf
+from altostack.services.network import subnet_view, vpc_view
+
+router = APIRouter(tags=["network"])
+
+
+@router.post(
+    "/v1/vpcs",
+    status_code=202,
+    response_model=VpcAccepted,
+    name="vpc.create",
+    openapi_extra=permission("vpc:create"),
+    responses=PROBLEMS,
+)
+async def create_vpc(body: VpcCreate, ctx: Ctx, c: C, response: Response) -> VpcAccepted:
+    """A VPC with its default security group; CIDRs may overlap other VPCs'."""
+    out = await c.network.create_vpc(ctx, body.name, body.cidr)
+    response.headers["Location"] = f"/v1/vpcs/{out['vpc']['id']}"
+    return VpcAccepted.model_validate(out)
+
+
+@router.get(
+    "/v1/vpcs",
+    response_model=ListOf[VpcOut],
+    name="vpc.list",
+    openapi_extra=permission("vpc:read"),
+    responses=PROBLEMS,
+)
+async def list_vpcs(
+    ctx: Ctx,
+    c: C,
+    page: Paging,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=40, description="admins only")] = None,
+) -> ListOf[VpcOut]:
+    found = await c.network.list_vpcs(
+        ctx, name=name, tenant_id=tenant_id, limit=page.limit, cursor=page.cursor
+    )
+    return ListOf[VpcOut](
+        items=[VpcOut.model_validate(vpc_view(v)) for v in found.items],
+        next_cursor=found.next_cursor,
+    )
+
+
+@router.get(
+    "/v1/vpcs/{id}",
+    response_model=VpcOut,
+    name="vpc.get",
+    openapi_extra=permission("vpc:read"),
+    responses=PROBLEMS,
+)
+async def get_vpc(id: str, ctx: Ctx, c: C) -> VpcOut:
+    return VpcOut.model_validate(await c.network.get_vpc(ctx, id))
+
+
+@router.delete(
+    "/v1/vpcs/{id}",
+    status_code=202,
+    response_model=VpcAccepted,
+    name="vpc.delete",
+    openapi_extra=permission("vpc:delete"),
+    responses=PROBLEMS,
+)
+async def delete_vpc(id: str, ctx: Ctx, c: C) -> VpcAccepted:
+    """Refused (409) while the VPC has subnets."""
+    return VpcAccepted.model_validate(await c.network.delete_vpc(ctx, id))
+
+
+@router.post(
+    "/v1/subnets",
+    status_code=202,
+    response_model=SubnetAccepted,
+    name="subnet.create",
+    openapi_extra=permission("subnet:create"),
+    responses=PROBLEMS,
+)
+async def create_subnet(body: SubnetCreate, ctx: Ctx, c: C, response: Response) -> SubnetAccepted:
+    """A subnet inside its VPC's CIDR, overlapping none of the VPC's other subnets."""
+    out = await c.network.create_subnet(ctx, **body.model_dump())
+    response.headers["Location"] = f"/v1/subnets/{out['subnet']['id']}"
+    return SubnetAccepted.model_validate(out)
+
+
+@router.get(
+    "/v1/subnets",
+    response_model=ListOf[SubnetOut],
+    name="subnet.list",
+    openapi_extra=permission("subnet:read"),
+    responses=PROBLEMS,
+)
+async def list_subnets(
+    ctx: Ctx,
+    c: C,
+    page: Paging,
+    vpc_id: Annotated[str | None, Query(max_length=40)] = None,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=40, description="admins only")] = None,
+) -> ListOf[SubnetOut]:
+    found = await c.network.list_subnets(
+        ctx, vpc_id=vpc_id, name=name, tenant_id=tenant_id, limit=page.limit, cursor=page.cursor
+    )
+    return ListOf[SubnetOut](
+        items=[SubnetOut.model_validate(subnet_view(s)) for s in found.items],
+        next_cursor=found.next_cursor,
+    )
+
+
+@router.get(
+    "/v1/subnets/{id}",
+    response_model=SubnetOut,
+    name="subnet.get",
+    openapi_extra=permission("subnet:read"),
+    responses=PROBLEMS,
+)
+async def get_subnet(id: str, ctx: Ctx, c: C) -> SubnetOut:
+    return SubnetOut.model_validate(await c.network.get_subnet(ctx, id))
+
+
+@router.delete(
+    "/v1/subnets/{id}",
+    status_code=202,
+    response_model=SubnetAccepted,
+    name="subnet.delete",
+    openapi_extra=permission("subnet:delete"),
+    responses=PROBLEMS,
+)
+async def delete_subnet(id: str, ctx: Ctx, c: C) -> SubnetAccepted:
+    """Refused (409) while addresses of the subnet are in use."""
+    return SubnetAccepted.model_validate(await c.network.delete_subnet(ctx, id))

@@ -1,0 +1,407 @@
+"""VPCs, subnets and IP address management.
+
+A VPC is a tenant's private address space (overlapping CIDRs between VPCs are fine: each
+VPC has its own VXLAN VNI and conntrack zone on the hosts). Subnets carve non-overlapping
+ranges out of it. Every address handed out is a row in ``ip_allocations`` keyed by
+(subnet, address), so two NICs can never get one address: an automatic allocation picks
+the lowest free address and simply tries the next one when a racing INSERT won it.
+
+Creating or deleting a VPC or subnet is an operation (API.md: 202), run by
+``controllers/network.py``; the data plane follows when ports land on hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from altostack.db.database import Database
+from altostack.db.models_network import IpAllocation, SecurityGroup, Subnet, Vpc
+from altostack.db.repositories import Page, page_of
+from altostack.db.uow import UnitOfWork
+from altostack.domain.errors import Conflict, InvalidRequest
+from altostack.domain.ids import new_id
+from altostack.services import authz
+from altostack.services.context import RequestContext
+from altostack.services.operations import OperationService, operation_view
+from altostack.services.quotas import QuotaService
+
+VNI_MIN, VNI_MAX = 4096, 2**24 - 1
+MIN_PREFIX, MAX_PREFIX = 8, 28
+_ALLOCATE_ATTEMPTS = 64
+
+
+def vpc_view(vpc: Vpc) -> dict[str, Any]:
+    return {
+        "id": vpc.id,
+        "tenant_id": vpc.tenant_id,
+        "name": vpc.name,
+        "cidr": vpc.cidr,
+        "state": vpc.state,
+        "created_at": vpc.created_at,
+    }
+
+
+def subnet_view(subnet: Subnet, used: int | None = None) -> dict[str, Any]:
+    net = ipaddress.ip_network(subnet.cidr)
+    usable = net.num_addresses - 3  # network, gateway, broadcast
+    view: dict[str, Any] = {
+        "id": subnet.id,
+        "tenant_id": subnet.tenant_id,
+        "vpc_id": subnet.vpc_id,
+        "name": subnet.name,
+        "cidr": subnet.cidr,
+        "gateway_ip": subnet.gateway_ip,
+        "dns_servers": list(subnet.dns_servers or []),
+        "dhcp": subnet.dhcp,
+        "ipv6_prefix": subnet.ipv6_prefix,
+        "state": subnet.state,
+        "created_at": subnet.created_at,
+        "total_ips": usable,
+    }
+    if used is not None:
+        view["available_ips"] = max(0, usable - used)
+    return view
+
+
+def _ipv4_network(field: str, text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise InvalidRequest.for_field(
+            field, f"{text!r} is not a network in CIDR form such as 10.0.0.0/16 ({exc})"
+        ) from exc
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise InvalidRequest.for_field(field, "must be an IPv4 network (IPv6 goes in ipv6_prefix)")
+    if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
+        raise InvalidRequest.for_field(
+            field, f"prefix length must be between /{MIN_PREFIX} and /{MAX_PREFIX}"
+        )
+    return net
+
+
+class NetworkService:
+    def __init__(self, db: Database, operations: OperationService, quotas: QuotaService) -> None:
+        self.db = db
+        self.operations = operations
+        self.quotas = quotas
+
+    # -- VPCs ------------------------------------------------------------------------------
+
+    async def create_vpc(self, ctx: RequestContext, name: str, cidr: str) -> dict[str, Any]:
+        authz.require(ctx, "vpc:create")
+        net = _ipv4_network("cidr", cidr)
+        tenant_id = ctx.principal.tenant_id
+        async with self.db.uow() as uow:
+            await self._unique_name(uow, Vpc, Vpc.tenant_id == tenant_id, name, "VPC")
+            await self.quotas.consume(uow, tenant_id, "vpcs")
+            vpc = Vpc(
+                id=new_id("vpc"),
+                tenant_id=tenant_id,
+                name=name,
+                cidr=str(net),
+                vni=await self._free_vni(uow),
+                state="creating",
+            )
+            uow.session.add(vpc)
+            uow.session.add(
+                SecurityGroup(
+                    id=new_id("sg"),
+                    tenant_id=tenant_id,
+                    vpc_id=vpc.id,
+                    name="default",
+                    description="Created with the VPC: members reach each other; all egress",
+                    is_default=True,
+                )
+            )
+            op = self.operations.create(
+                uow, ctx, "vpc.create", resource_type="vpc", resource_id=vpc.id
+            )
+            await uow.commit()
+        return {"operation": operation_view(op), "vpc": vpc_view(vpc)}
+
+    async def _free_vni(self, uow: UnitOfWork) -> int:
+        """A random unused VNI; the unique key settles the (rare) race at commit."""
+        for _ in range(_ALLOCATE_ATTEMPTS):
+            vni = VNI_MIN + secrets.randbelow(VNI_MAX - VNI_MIN)
+            if await uow.session.scalar(select(Vpc.id).where(Vpc.vni == vni)) is None:
+                return vni
+        raise Conflict("no free VXLAN network identifier; the region is full")
+
+    async def _unique_name(
+        self, uow: UnitOfWork, model: Any, scope: Any, name: str, kind: str
+    ) -> None:
+        found = await uow.session.scalar(select(model.id).where(scope, model.name == name))
+        if found is not None:
+            raise Conflict(f"a {kind} named {name!r} already exists ({found})")
+
+    async def load_vpc(
+        self, uow: UnitOfWork, ctx: RequestContext, vpc_id: str, perm: str, *, lock: bool = False
+    ) -> Vpc:
+        # ``lock``: on PostgreSQL the row lock serialises subnet changes of one VPC, so two
+        # overlapping subnets cannot both pass the overlap check (SQLite has one writer).
+        vpc = await uow.session.get(Vpc, vpc_id, with_for_update=lock or None)
+        authz.require(ctx, perm, tenant_id=vpc.tenant_id if vpc else None, kind="VPC", ident=vpc_id)
+        assert vpc is not None
+        return vpc
+
+    async def get_vpc(self, ctx: RequestContext, vpc_id: str) -> dict[str, Any]:
+        async with self.db.uow(write=False) as uow:
+            return vpc_view(await self.load_vpc(uow, ctx, vpc_id, "vpc:read"))
+
+    async def list_vpcs(
+        self,
+        ctx: RequestContext,
+        *,
+        name: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Vpc]:
+        authz.require(ctx, "vpc:read")
+        where = []
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(Vpc.tenant_id == target)
+        if name:
+            where.append(Vpc.name == name)
+        async with self.db.uow(write=False) as uow:
+            return await page_of(uow.session, Vpc, where, limit=limit, cursor=cursor)
+
+    async def delete_vpc(self, ctx: RequestContext, vpc_id: str) -> dict[str, Any]:
+        async with self.db.uow() as uow:
+            vpc = await self.load_vpc(uow, ctx, vpc_id, "vpc:delete", lock=True)
+            subnets = (
+                await uow.session.scalars(select(Subnet.id).where(Subnet.vpc_id == vpc.id))
+            ).all()
+            if subnets:
+                raise Conflict(
+                    f"VPC {vpc.id} still has {len(subnets)} subnet(s) ({', '.join(subnets)}); "
+                    "delete them first"
+                )
+            if vpc.state == "deleting":
+                raise Conflict(f"VPC {vpc.id} is already being deleted")
+            vpc.state = "deleting"
+            op = self.operations.create(
+                uow, ctx, "vpc.delete", resource_type="vpc", resource_id=vpc.id
+            )
+            await uow.commit()
+        return {"operation": operation_view(op), "vpc": vpc_view(vpc)}
+
+    # -- subnets ---------------------------------------------------------------------------
+
+    async def create_subnet(
+        self,
+        ctx: RequestContext,
+        *,
+        vpc_id: str,
+        name: str,
+        cidr: str,
+        gateway_ip: str | None = None,
+        dns_servers: list[str] | None = None,
+        dhcp: bool = True,
+        ipv6_prefix: str | None = None,
+    ) -> dict[str, Any]:
+        authz.require(ctx, "subnet:create")
+        net = _ipv4_network("cidr", cidr)
+        gateway = self._gateway(net, gateway_ip)
+        servers = [self._address("dns_servers", s) for s in dns_servers or []]
+        if ipv6_prefix is not None:
+            try:
+                v6 = ipaddress.ip_network(ipv6_prefix, strict=True)
+            except ValueError as exc:
+                raise InvalidRequest.for_field("ipv6_prefix", str(exc)) from exc
+            if v6.version != 6 or v6.prefixlen != 64:
+                raise InvalidRequest.for_field("ipv6_prefix", "must be an IPv6 /64")
+        async with self.db.uow() as uow:
+            vpc = await self.load_vpc(uow, ctx, vpc_id, "vpc:read", lock=True)
+            if vpc.state not in ("available", "creating"):
+                raise Conflict(f"VPC {vpc.id} is {vpc.state}; subnets need a live VPC")
+            if not net.subnet_of(ipaddress.ip_network(vpc.cidr)):  # type: ignore[arg-type]
+                raise InvalidRequest.for_field("cidr", f"{net} is not inside the VPC's {vpc.cidr}")
+            siblings = (
+                await uow.session.scalars(select(Subnet).where(Subnet.vpc_id == vpc.id))
+            ).all()
+            for other in siblings:
+                if net.overlaps(ipaddress.ip_network(other.cidr)):
+                    raise Conflict(f"{net} overlaps subnet {other.id} ({other.cidr}) of this VPC")
+                if other.name == name:
+                    raise Conflict(
+                        f"a subnet named {name!r} already exists in {vpc.id} ({other.id})"
+                    )
+            subnet = Subnet(
+                id=new_id("subnet"),
+                tenant_id=vpc.tenant_id,
+                vpc_id=vpc.id,
+                name=name,
+                cidr=str(net),
+                gateway_ip=str(gateway),
+                dns_servers=servers,
+                dhcp=dhcp,
+                ipv6_prefix=ipv6_prefix,
+                state="creating",
+            )
+            uow.session.add(subnet)
+            uow.session.add(
+                IpAllocation(
+                    subnet_id=subnet.id, ip=str(gateway), owner_type="gateway", owner_id=subnet.id
+                )
+            )
+            op = self.operations.create(
+                uow, ctx, "subnet.create", resource_type="subnet", resource_id=subnet.id
+            )
+            await uow.commit()
+        return {"operation": operation_view(op), "subnet": subnet_view(subnet, used=0)}
+
+    @staticmethod
+    def _address(field: str, text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError as exc:
+            raise InvalidRequest.for_field(field, f"{text!r} is not an IP address") from exc
+
+    def _gateway(self, net: ipaddress.IPv4Network, gateway_ip: str | None) -> ipaddress.IPv4Address:
+        if gateway_ip is None:
+            return net.network_address + 1
+        gateway = ipaddress.ip_address(self._address("gateway_ip", gateway_ip))
+        if gateway not in net or gateway in (net.network_address, net.broadcast_address):
+            raise InvalidRequest.for_field(
+                "gateway_ip", f"{gateway} is not a usable address of {net}"
+            )
+        assert isinstance(gateway, ipaddress.IPv4Address)
+        return gateway
+
+    async def load_subnet(
+        self, uow: UnitOfWork, ctx: RequestContext, subnet_id: str, perm: str
+    ) -> Subnet:
+        subnet = await uow.session.get(Subnet, subnet_id)
+        authz.require(
+            ctx,
+            perm,
+            tenant_id=subnet.tenant_id if subnet else None,
+            kind="subnet",
+            ident=subnet_id,
+        )
+        assert subnet is not None
+        return subnet
+
+    async def get_subnet(self, ctx: RequestContext, subnet_id: str) -> dict[str, Any]:
+        async with self.db.uow(write=False) as uow:
+            subnet = await self.load_subnet(uow, ctx, subnet_id, "subnet:read")
+            used = await self._used(uow, subnet.id)
+        return subnet_view(subnet, used=used)
+
+    async def _used(self, uow: UnitOfWork, subnet_id: str) -> int:
+        count = await uow.session.scalar(
+            select(func.count())
+            .select_from(IpAllocation)
+            .where(IpAllocation.subnet_id == subnet_id, IpAllocation.owner_type != "gateway")
+        )
+        return int(count or 0)
+
+    async def list_subnets(
+        self,
+        ctx: RequestContext,
+        *,
+        vpc_id: str | None = None,
+        name: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Subnet]:
+        authz.require(ctx, "subnet:read")
+        where = []
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(Subnet.tenant_id == target)
+        if vpc_id:
+            where.append(Subnet.vpc_id == vpc_id)
+        if name:
+            where.append(Subnet.name == name)
+        async with self.db.uow(write=False) as uow:
+            return await page_of(uow.session, Subnet, where, limit=limit, cursor=cursor)
+
+    async def delete_subnet(self, ctx: RequestContext, subnet_id: str) -> dict[str, Any]:
+        async with self.db.uow() as uow:
+            subnet = await self.load_subnet(uow, ctx, subnet_id, "subnet:delete")
+            owners = (
+                await uow.session.scalars(
+                    select(IpAllocation.owner_id).where(
+                        IpAllocation.subnet_id == subnet.id, IpAllocation.owner_type != "gateway"
+                    )
+                )
+            ).all()
+            if owners:
+                raise Conflict(
+                    f"subnet {subnet.id} still has {len(owners)} address(es) in use "
+                    f"(by {', '.join(sorted(owners)[:5])}); release them first"
+                )
+            if subnet.state == "deleting":
+                raise Conflict(f"subnet {subnet.id} is already being deleted")
+            subnet.state = "deleting"
+            op = self.operations.create(
+                uow, ctx, "subnet.delete", resource_type="subnet", resource_id=subnet.id
+            )
+            await uow.commit()
+        return {"operation": operation_view(op), "subnet": subnet_view(subnet)}
+
+    # -- IPAM ------------------------------------------------------------------------------
+
+    async def allocate_ip(
+        self,
+        uow: UnitOfWork,
+        subnet: Subnet,
+        owner_type: str,
+        owner_id: str,
+        requested: str | None = None,
+    ) -> str:
+        """An address of ``subnet`` for the owner, inside the caller's transaction.
+
+        Each attempt is a savepoint, so losing a race costs one retry, not the caller's
+        transaction. A requested address that is taken or not usable is a 409 / 400.
+        """
+        net = ipaddress.ip_network(subnet.cidr)
+        if requested is not None:
+            address = ipaddress.ip_address(self._address("private_ip", requested))
+            if address not in net or address in (net.network_address, net.broadcast_address):
+                raise InvalidRequest.for_field(
+                    "private_ip", f"{address} is not a usable address of {subnet.cidr}"
+                )
+            if not await self._insert(uow, subnet.id, str(address), owner_type, owner_id):
+                raise Conflict(f"{address} is already in use in subnet {subnet.id}")
+            return str(address)
+        for _ in range(_ALLOCATE_ATTEMPTS):
+            taken = set(
+                (
+                    await uow.session.scalars(
+                        select(IpAllocation.ip).where(IpAllocation.subnet_id == subnet.id)
+                    )
+                ).all()
+            )
+            candidate = next((str(ip) for ip in net.hosts() if str(ip) not in taken), None)
+            if candidate is None:
+                raise Conflict(f"subnet {subnet.id} ({subnet.cidr}) has no free address left")
+            if await self._insert(uow, subnet.id, candidate, owner_type, owner_id):
+                return candidate
+        raise Conflict(f"subnet {subnet.id} is too busy to allocate an address; retry")
+
+    async def _insert(
+        self, uow: UnitOfWork, subnet_id: str, ip: str, owner_type: str, owner_id: str
+    ) -> bool:
+        try:
+            async with uow.session.begin_nested():
+                uow.session.add(
+                    IpAllocation(
+                        subnet_id=subnet_id, ip=ip, owner_type=owner_type, owner_id=owner_id
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def release_ips(self, uow: UnitOfWork, owner_id: str) -> None:
+        await uow.session.execute(delete(IpAllocation).where(IpAllocation.owner_id == owner_id))
