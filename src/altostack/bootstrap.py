@@ -27,7 +27,7 @@ from altostack.services.image_store import ImageStore
 from altostack.services.images import ImageService
 from altostack.services.infra import InfraService
 from altostack.services.instance_types import InstanceTypeService
-from altostack.services.network import NetworkService
+from altostack.services.network import NetworkService, SecurityGroupService
 from altostack.services.operations import OperationService
 from altostack.services.passwords import Passwords
 from altostack.services.placement import PlacementService
@@ -68,6 +68,7 @@ class Container:
     console: ConsoleService
     compute: ComputeController
     network: NetworkService
+    security_groups: SecurityGroupService
     host_monitor: HostMonitor
     metrics: ApiMetrics
     agents: list[Any] = field(default_factory=list)
@@ -163,6 +164,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
 
     registry.register("image.import", import_image)
     NetworkController(db, quotas).register(registry)
+    network = NetworkService(db, operations, quotas)
     container = Container(
         settings=settings,
         db=db,
@@ -191,7 +193,8 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
             db, bus, events, master_key, agent_timeout=settings.agent_timeout_seconds
         ),
         compute=compute,
-        network=NetworkService(db, operations, quotas),
+        network=network,
+        security_groups=SecurityGroupService(db, quotas, network),
         host_monitor=HostMonitor(
             db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
         ),

@@ -66,6 +66,8 @@ async def _compute_ids(client, owner) -> dict[str, str]:
     body = {"vpc_id": vpc["vpc"]["id"], "name": "s", "cidr": "10.0.1.0/24"}
     subnet = (await client.post("/v1/subnets", json=body, headers=owner)).json()
     await wait_op(client, owner, subnet["operation"])
+    sg_body = {"vpc_id": vpc["vpc"]["id"], "name": "sg"}
+    sg = (await client.post("/v1/security-groups", json=sg_body, headers=owner)).json()
     vm = await create_vm(client, owner, "a-vm", placement_group_id=group["id"])
     binned = await create_vm(client, owner, "a-binned")
     r = await client.delete(f"/v1/vms/{binned['id']}", headers=owner)
@@ -75,6 +77,7 @@ async def _compute_ids(client, owner) -> dict[str, str]:
         "placement-groups": group["id"],
         "vpcs": vpc["vpc"]["id"],
         "subnets": subnet["subnet"]["id"],
+        "security-groups": sg["id"],
         "vms": vm["id"],
         "recycle-bin": binned["id"],
     }

@@ -128,3 +128,48 @@ async def test_concurrent_allocations_never_share_an_address(client, owner, cont
         await uow.commit()
     r = await client.delete(f"/v1/subnets/{subnet['id']}", headers=owner)
     assert r.status_code == 202
+
+
+async def test_security_groups_and_rules(client, owner) -> None:
+    vpc = await _vpc(client, owner)
+    groups = (await client.get(f"/v1/security-groups?vpc_id={vpc['id']}", headers=owner)).json()
+    (default,) = groups["items"]
+    assert default["is_default"] and {r["direction"] for r in default["rules"]} == {
+        "ingress",
+        "egress",
+    }
+    assert default["rules"][0]["remote_group_id"] in (None, default["id"])
+    r = await client.post(
+        "/v1/security-groups", json={"vpc_id": vpc["id"], "name": "web"}, headers=owner
+    )
+    assert r.status_code == 201, r.text
+    web = r.json()
+    assert web["rules"] == []
+    rule = {"direction": "ingress", "protocol": "tcp", "port_min": 80, "remote_cidr": "0.0.0.0/0"}
+    r = await client.post(f"/v1/security-groups/{web['id']}/rules", json=rule, headers=owner)
+    assert r.status_code == 201, r.text
+    assert (r.json()["port_min"], r.json()["port_max"]) == (80, 80)
+    for bad, field in (
+        ({"direction": "ingress", "protocol": "icmp", "port_min": 1}, "port_min"),
+        ({"direction": "ingress", "protocol": "tcp", "port_min": 90, "port_max": 80}, "port_max"),
+        ({"direction": "egress", "remote_cidr": "nope"}, "remote_cidr"),
+        ({"direction": "egress", "remote_group_id": web["id"], "remote_cidr": "10.0.0.0/8"}, ""),
+    ):
+        r = await client.post(f"/v1/security-groups/{web['id']}/rules", json=bad, headers=owner)
+        assert r.status_code == 400, (bad, r.text)
+        assert field in r.json()["errors"][0]["field"]
+    ref = {"direction": "ingress", "remote_group_id": web["id"]}
+    r = await client.post(f"/v1/security-groups/{default['id']}/rules", json=ref, headers=owner)
+    assert r.status_code == 201
+    assert (
+        await client.delete(f"/v1/security-groups/{web['id']}", headers=owner)
+    ).status_code == 409
+    r = await client.delete(
+        f"/v1/security-groups/{default['id']}/rules/{r.json()['id']}", headers=owner
+    )
+    assert r.status_code == 204
+    assert (
+        await client.delete(f"/v1/security-groups/{web['id']}", headers=owner)
+    ).status_code == 204
+    r = await client.delete(f"/v1/security-groups/{default['id']}", headers=owner)
+    assert r.status_code == 409 and "default" in r.json()["detail"]

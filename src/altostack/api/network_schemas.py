@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -58,3 +59,46 @@ class SubnetOut(BaseModel):
 class SubnetAccepted(BaseModel):
     operation: OperationOut
     subnet: SubnetOut
+
+
+class SecurityGroupCreate(Strict):
+    vpc_id: str = Field(max_length=40)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = Field(None, max_length=255)
+
+
+class RuleCreate(Strict):
+    direction: Literal["ingress", "egress"]
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port_min: int | None = Field(None, ge=1, le=65535)
+    port_max: int | None = Field(None, ge=1, le=65535)
+    remote_cidr: str | None = Field(None, max_length=64, description="default: anywhere")
+    remote_group_id: str | None = Field(None, max_length=40, description="a group of the VPC")
+    action: Literal["allow", "deny"] = "allow"
+    priority: int = Field(100, ge=1, le=1000, description="lower is tried first")
+    description: str | None = Field(None, max_length=255)
+
+
+class RuleOut(BaseModel):
+    id: str
+    direction: str
+    protocol: str
+    port_min: int | None
+    port_max: int | None
+    remote_cidr: str | None
+    remote_group_id: str | None
+    action: str
+    priority: int
+    description: str | None
+    created_at: datetime
+
+
+class SecurityGroupOut(BaseModel):
+    id: str
+    tenant_id: str
+    vpc_id: str
+    name: str
+    description: str | None
+    is_default: bool
+    created_at: datetime
+    rules: list[RuleOut]

@@ -20,10 +20,16 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from altostack.db.database import Database
-from altostack.db.models_network import IpAllocation, SecurityGroup, Subnet, Vpc
+from altostack.db.models_network import (
+    IpAllocation,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+    Vpc,
+)
 from altostack.db.repositories import Page, page_of
 from altostack.db.uow import UnitOfWork
-from altostack.domain.errors import Conflict, InvalidRequest
+from altostack.domain.errors import Conflict, InvalidRequest, NotFound
 from altostack.domain.ids import new_id
 from altostack.services import authz
 from altostack.services.context import RequestContext
@@ -108,16 +114,28 @@ class NetworkService:
                 state="creating",
             )
             uow.session.add(vpc)
-            uow.session.add(
-                SecurityGroup(
-                    id=new_id("sg"),
-                    tenant_id=tenant_id,
-                    vpc_id=vpc.id,
-                    name="default",
-                    description="Created with the VPC: members reach each other; all egress",
-                    is_default=True,
-                )
+            default = SecurityGroup(
+                id=new_id("sg"),
+                tenant_id=tenant_id,
+                vpc_id=vpc.id,
+                name="default",
+                description="Created with the VPC: members reach each other; all egress",
+                is_default=True,
             )
+            uow.session.add(default)
+            for direction, remote_group in (("ingress", default.id), ("egress", None)):
+                uow.session.add(
+                    SecurityGroupRule(
+                        id=new_id("sgr"),
+                        group_id=default.id,
+                        tenant_id=tenant_id,
+                        direction=direction,
+                        protocol="any",
+                        remote_group_id=remote_group,
+                        action="allow",
+                        priority=100,
+                    )
+                )
             op = self.operations.create(
                 uow, ctx, "vpc.create", resource_type="vpc", resource_id=vpc.id
             )
@@ -405,3 +423,214 @@ class NetworkService:
 
     async def release_ips(self, uow: UnitOfWork, owner_id: str) -> None:
         await uow.session.execute(delete(IpAllocation).where(IpAllocation.owner_id == owner_id))
+
+
+def group_view(group: SecurityGroup, rules: list[SecurityGroupRule]) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "tenant_id": group.tenant_id,
+        "vpc_id": group.vpc_id,
+        "name": group.name,
+        "description": group.description,
+        "is_default": group.is_default,
+        "created_at": group.created_at,
+        "rules": [rule_view(r) for r in sorted(rules, key=lambda r: (r.priority, r.id))],
+    }
+
+
+def rule_view(rule: SecurityGroupRule) -> dict[str, Any]:
+    return {
+        "id": rule.id,
+        "direction": rule.direction,
+        "protocol": rule.protocol,
+        "port_min": rule.port_min,
+        "port_max": rule.port_max,
+        "remote_cidr": rule.remote_cidr,
+        "remote_group_id": rule.remote_group_id,
+        "action": rule.action,
+        "priority": rule.priority,
+        "description": rule.description,
+        "created_at": rule.created_at,
+    }
+
+
+MAX_RULES_PER_GROUP = 100
+
+
+class SecurityGroupService:
+    """Security groups of a VPC and their rules (API.md: 201, synchronous).
+
+    Rules are checked here as the data plane will need them (ports only for tcp/udp,
+    ranges in order, a remote group of the same VPC), so what is accepted can always be
+    programmed on the hosts.
+    """
+
+    def __init__(self, db: Database, quotas: QuotaService, network: NetworkService) -> None:
+        self.db = db
+        self.quotas = quotas
+        self.network = network
+
+    async def create(
+        self, ctx: RequestContext, *, vpc_id: str, name: str, description: str | None = None
+    ) -> dict[str, Any]:
+        authz.require(ctx, "security-group:create")
+        async with self.db.uow() as uow:
+            vpc = await self.network.load_vpc(uow, ctx, vpc_id, "vpc:read")
+            scope = SecurityGroup.vpc_id == vpc.id
+            await self.network._unique_name(uow, SecurityGroup, scope, name, "security group")
+            await self.quotas.consume(uow, vpc.tenant_id, "security_groups")
+            group = SecurityGroup(
+                id=new_id("sg"),
+                tenant_id=vpc.tenant_id,
+                vpc_id=vpc.id,
+                name=name,
+                description=description,
+                is_default=False,
+            )
+            uow.session.add(group)
+            await uow.commit()
+        return group_view(group, [])
+
+    async def load(
+        self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
+    ) -> SecurityGroup:
+        group = await uow.session.get(SecurityGroup, group_id)
+        authz.require(
+            ctx,
+            perm,
+            tenant_id=group.tenant_id if group else None,
+            kind="security group",
+            ident=group_id,
+        )
+        assert group is not None
+        return group
+
+    async def _rules(self, uow: UnitOfWork, group_id: str) -> list[SecurityGroupRule]:
+        found = await uow.session.scalars(
+            select(SecurityGroupRule).where(SecurityGroupRule.group_id == group_id)
+        )
+        return list(found.all())
+
+    async def get(self, ctx: RequestContext, group_id: str) -> dict[str, Any]:
+        async with self.db.uow(write=False) as uow:
+            group = await self.load(uow, ctx, group_id, "security-group:read")
+            return group_view(group, await self._rules(uow, group.id))
+
+    async def list(
+        self,
+        ctx: RequestContext,
+        *,
+        vpc_id: str | None = None,
+        name: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        authz.require(ctx, "security-group:read")
+        where = []
+        target = authz.tenant_filter(ctx, tenant_id)
+        if target:
+            where.append(SecurityGroup.tenant_id == target)
+        if vpc_id:
+            where.append(SecurityGroup.vpc_id == vpc_id)
+        if name:
+            where.append(SecurityGroup.name == name)
+        async with self.db.uow(write=False) as uow:
+            page = await page_of(uow.session, SecurityGroup, where, limit=limit, cursor=cursor)
+            ids = [g.id for g in page.items]
+            rules = (
+                await uow.session.scalars(
+                    select(SecurityGroupRule).where(SecurityGroupRule.group_id.in_(ids))
+                )
+            ).all()
+        by_group: dict[str, list[SecurityGroupRule]] = {}
+        for rule in rules:
+            by_group.setdefault(rule.group_id, []).append(rule)
+        return [group_view(g, by_group.get(g.id, [])) for g in page.items], page.next_cursor
+
+    async def delete(self, ctx: RequestContext, group_id: str) -> None:
+        async with self.db.uow() as uow:
+            group = await self.load(uow, ctx, group_id, "security-group:delete")
+            if group.is_default:
+                raise Conflict(
+                    f"{group.id} is the default group of VPC {group.vpc_id}; it goes with the VPC"
+                )
+            referenced = await uow.session.scalar(
+                select(SecurityGroupRule.group_id).where(
+                    SecurityGroupRule.remote_group_id == group.id,
+                    SecurityGroupRule.group_id != group.id,
+                )
+            )
+            if referenced is not None:
+                raise Conflict(
+                    f"rules of security group {referenced} name {group.id} as their remote "
+                    "group; delete those rules first"
+                )
+            await uow.session.execute(
+                delete(SecurityGroupRule).where(SecurityGroupRule.group_id == group.id)
+            )
+            await uow.session.delete(group)
+            await self.quotas.release(uow, group.tenant_id, "security_groups")
+            await uow.commit()
+
+    async def add_rule(
+        self, ctx: RequestContext, group_id: str, rule: dict[str, Any]
+    ) -> dict[str, Any]:
+        direction, protocol = rule["direction"], rule.get("protocol", "any")
+        port_min, port_max = rule.get("port_min"), rule.get("port_max")
+        if (port_min, port_max) != (None, None):
+            if protocol not in ("tcp", "udp"):
+                raise InvalidRequest.for_field("port_min", "ports apply to tcp and udp rules only")
+            port_min = port_min if port_min is not None else port_max
+            port_max = port_max if port_max is not None else port_min
+            assert port_min is not None and port_max is not None
+            if port_min > port_max:
+                raise InvalidRequest.for_field("port_max", "must not be below port_min")
+        remote_cidr = rule.get("remote_cidr")
+        if remote_cidr is not None:
+            try:
+                remote_cidr = str(ipaddress.ip_network(remote_cidr, strict=False))
+            except ValueError as exc:
+                raise InvalidRequest.for_field("remote_cidr", str(exc)) from exc
+        remote_group_id = rule.get("remote_group_id")
+        if remote_cidr is not None and remote_group_id is not None:
+            raise InvalidRequest.for_field(
+                "remote_group_id", "give remote_cidr or remote_group_id, not both"
+            )
+        async with self.db.uow() as uow:
+            group = await self.load(uow, ctx, group_id, "security-group:update")
+            if remote_group_id is not None:
+                remote = await self.load(uow, ctx, remote_group_id, "security-group:read")
+                if remote.vpc_id != group.vpc_id:
+                    raise InvalidRequest.for_field(
+                        "remote_group_id", f"{remote.id} belongs to another VPC ({remote.vpc_id})"
+                    )
+            existing = await self._rules(uow, group.id)
+            if len(existing) >= MAX_RULES_PER_GROUP:
+                raise Conflict(f"security group {group.id} already has {MAX_RULES_PER_GROUP} rules")
+            row = SecurityGroupRule(
+                id=new_id("sgr"),
+                group_id=group.id,
+                tenant_id=group.tenant_id,
+                direction=direction,
+                protocol=protocol,
+                port_min=port_min,
+                port_max=port_max,
+                remote_cidr=remote_cidr,
+                remote_group_id=remote_group_id,
+                action=rule.get("action", "allow"),
+                priority=rule.get("priority", 100),
+                description=rule.get("description"),
+            )
+            uow.session.add(row)
+            await uow.commit()
+        return rule_view(row)
+
+    async def delete_rule(self, ctx: RequestContext, group_id: str, rule_id: str) -> None:
+        async with self.db.uow() as uow:
+            group = await self.load(uow, ctx, group_id, "security-group:update")
+            rule = await uow.session.get(SecurityGroupRule, rule_id)
+            if rule is None or rule.group_id != group.id:
+                raise NotFound(f"security group {group.id} has no rule {rule_id}")
+            await uow.session.delete(rule)
+            await uow.commit()

@@ -1,4 +1,5 @@
-"""``/v1/vpcs`` and ``/v1/subnets`` (API.md: creates and deletes are operations, 202)."""
+"""``/v1/vpcs``, ``/v1/subnets`` (creates and deletes are operations, 202) and
+``/v1/security-groups`` with their rules (synchronous, 201/204)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from fastapi import APIRouter, Query, Response
 
 from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.network_schemas import (
+    RuleCreate,
+    RuleOut,
+    SecurityGroupCreate,
+    SecurityGroupOut,
     SubnetAccepted,
     SubnetCreate,
     SubnetOut,
@@ -144,3 +149,93 @@ async def get_subnet(id: str, ctx: Ctx, c: C) -> SubnetOut:
 async def delete_subnet(id: str, ctx: Ctx, c: C) -> SubnetAccepted:
     """Refused (409) while addresses of the subnet are in use."""
     return SubnetAccepted.model_validate(await c.network.delete_subnet(ctx, id))
+
+
+@router.post(
+    "/v1/security-groups",
+    status_code=201,
+    response_model=SecurityGroupOut,
+    name="security-group.create",
+    openapi_extra=permission("security-group:create"),
+    responses=PROBLEMS,
+)
+async def create_group(
+    body: SecurityGroupCreate, ctx: Ctx, c: C, response: Response
+) -> SecurityGroupOut:
+    """An empty group (no rule: nothing in, nothing out) in a VPC."""
+    out = await c.security_groups.create(ctx, **body.model_dump())
+    response.headers["Location"] = f"/v1/security-groups/{out['id']}"
+    return SecurityGroupOut.model_validate(out)
+
+
+@router.get(
+    "/v1/security-groups",
+    response_model=ListOf[SecurityGroupOut],
+    name="security-group.list",
+    openapi_extra=permission("security-group:read"),
+    responses=PROBLEMS,
+)
+async def list_groups(
+    ctx: Ctx,
+    c: C,
+    page: Paging,
+    vpc_id: Annotated[str | None, Query(max_length=40)] = None,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=40, description="admins only")] = None,
+) -> ListOf[SecurityGroupOut]:
+    items, next_cursor = await c.security_groups.list(
+        ctx, vpc_id=vpc_id, name=name, tenant_id=tenant_id, limit=page.limit, cursor=page.cursor
+    )
+    return ListOf[SecurityGroupOut](
+        items=[SecurityGroupOut.model_validate(g) for g in items], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/v1/security-groups/{id}",
+    response_model=SecurityGroupOut,
+    name="security-group.get",
+    openapi_extra=permission("security-group:read"),
+    responses=PROBLEMS,
+)
+async def get_group(id: str, ctx: Ctx, c: C) -> SecurityGroupOut:
+    return SecurityGroupOut.model_validate(await c.security_groups.get(ctx, id))
+
+
+@router.delete(
+    "/v1/security-groups/{id}",
+    status_code=204,
+    name="security-group.delete",
+    openapi_extra=permission("security-group:delete"),
+    responses=PROBLEMS,
+)
+async def delete_group(id: str, ctx: Ctx, c: C) -> Response:
+    """Refused (409) for a VPC's default group and a group other groups' rules name."""
+    await c.security_groups.delete(ctx, id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/security-groups/{id}/rules",
+    status_code=201,
+    response_model=RuleOut,
+    name="security-group.rule.create",
+    openapi_extra=permission("security-group:update"),
+    responses=PROBLEMS,
+)
+async def add_rule(id: str, body: RuleCreate, ctx: Ctx, c: C) -> RuleOut:
+    """Rules of all a port's groups are tried by priority (deny first at equal priority);
+    the first match decides; no match drops. Stateful: replies always pass."""
+    return RuleOut.model_validate(await c.security_groups.add_rule(ctx, id, body.model_dump()))
+
+
+@router.delete(
+    "/v1/security-groups/{id}/rules/{rule_id}",
+    status_code=204,
+    name="security-group.rule.delete",
+    openapi_extra=permission("security-group:update"),
+    responses=PROBLEMS,
+)
+async def delete_rule(id: str, rule_id: str, ctx: Ctx, c: C) -> Response:
+    await c.security_groups.delete_rule(ctx, id, rule_id)
+    return Response(status_code=204)
