@@ -83,6 +83,13 @@ async def test_an_image_reading_a_host_file_is_refused(
     assert _leftovers(pool) == [] and list((pool / "bases").iterdir()) == []
 
 
+def test_an_encrypted_image_is_refused(tmp_path: Path) -> None:
+    # What qemu-img info says of a LUKS-encrypted qcow2 (making one costs seconds of PBKDF)
+    encrypted = {"format-specific": {"type": "qcow2", "data": {"encrypt": {"format": "luks"}}}}
+    with pytest.raises(InvalidSpec, match="encrypted"):
+        refuse_external_references(encrypted, tmp_path / "upload")
+
+
 def test_a_vmdk_extent_outside_the_upload_is_refused(tmp_path: Path) -> None:
     upload = tmp_path / "upload"
     own = {"format-specific": {"type": "vmdk", "data": {"extents": [{"filename": str(upload)}]}}}
@@ -251,3 +258,20 @@ async def test_a_volume_held_by_a_running_qemu_is_in_use(pool: Path) -> None:
         await holder.wait()
     await driver.write("disk-1", 0, b"y")
     assert await driver.read("disk-1", 0, 1) == b"y"
+
+
+async def test_a_vm_disk_chain_becomes_a_new_image(pool: Path, tmp_path: Path) -> None:
+    base, root = tmp_path / "base.qcow2", tmp_path / "root.qcow2"
+    _qemu_img("create", "-f", "qcow2", str(base), "32M")
+    _run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", str(base))
+    _qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(root), "1G")
+    _run("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 64k 64k", str(root))
+    driver = LocalStorageDriver(pool)
+    info = await driver.import_disk("img-snap", root)
+    assert (info.format, info.virtual_size_bytes) == ("qcow2", GIB)
+    base_file, fmt = await driver.base_file("img-snap")
+    assert fmt == "qcow2" and base_file.parent == pool / "bases"
+    base.unlink()  # the new image is standalone
+    await driver.ensure_volume(VolumeSpec("disk-1", 1, ("image", "img-snap")))
+    assert await driver.read("disk-1", 0, 128 * 1024) == b"\x11" * 65536 + b"\x22" * 65536
+    assert _leftovers(pool) == []

@@ -70,6 +70,7 @@ from altostack.drivers.storage.base import (
 from altostack.drivers.storage.local_pool import (
     PoolPaths,
     allocated_bytes,
+    check_id,
     fsync_dir,
     qcow2_header,
     read_json,
@@ -538,6 +539,36 @@ class LocalStorageDriver(StorageDriver):
             finally:
                 unlink(upload_path)
                 unlink(converted)
+
+    async def import_disk(self, image_id: str, disk: Path) -> ImageInfo:
+        """Store a copy of the qcow2 disk ``disk`` (a whole backing chain) as a new image.
+
+        For "make an image of this VM": ``disk`` is a stopped VM's root overlay; the chain
+        is flattened by ``qemu-img convert`` into one standalone qcow2, then imported like an
+        upload (checksummed, inspected, idempotent). The VM's disk is only read.
+        """
+        check_id("image", image_id)
+        flat = self.paths.temp(image_id, ".flat.qcow2")
+        try:
+            await qemu_tools.run(
+                ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", str(disk), str(flat)],
+                timeout=self.copy_timeout,
+            )
+            return await self.import_image(image_id, local_upload.file_chunks(flat))
+        finally:
+            unlink(flat)
+
+    async def base_file(self, image_id: str) -> tuple[Path, str]:
+        """The file (and its qemu format) volumes of this image rest on.
+
+        For the compute driver's root overlays (``qemu-img create -b <file> -F <format>``):
+        the file never changes. It is only removed once no image and no volume of this pool
+        uses it, so a root overlay outside the pool should keep its own link or copy.
+        """
+        image = self._image(image_id)
+        if image.base is None or image.problem is not None:
+            raise InvalidSpec(f"image {image_id} cannot be used: {image.problem}")
+        return self.paths.bases / image.base, str(image.base_format)
 
     async def list_images(self) -> list[ImageInfo]:
         images = []

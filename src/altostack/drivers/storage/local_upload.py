@@ -9,6 +9,7 @@ volume may use it:
 - a qcow2 or VMDK upload that names a backing file, an external data file or an extent
   outside itself is refused (``InvalidSpec``): opening it would read a host file (say
   ``/etc/shadow``) into a guest's disk;
+- an encrypted image is refused (the pool holds no keys);
 - a VMDK is converted to qcow2 once, so volumes have a format QEMU opens fast and
   writes never reach the original.
 
@@ -64,6 +65,13 @@ async def receive(chunks: AsyncIterator[bytes], path: Path) -> Upload:
     return Upload(path, size, hasher.hexdigest(), head)
 
 
+async def file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """A local file as an upload stream, read off the event loop."""
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk
+
+
 def _sync(fd: int) -> None:
     os.fsync(fd)
 
@@ -93,7 +101,11 @@ async def inspect(upload: Upload) -> Inspected:
 
 
 def refuse_external_references(data: dict[str, Any], path: Path) -> None:
-    """``InvalidSpec`` if ``qemu-img info`` shows the image reading any other file."""
+    """``InvalidSpec`` if ``qemu-img info`` shows the image reading any other file.
+
+    Encrypted images are refused too: no volume could be read without a key the pool
+    does not have.
+    """
     backing = data.get("backing-filename") or data.get("full-backing-filename")
     if backing:
         raise InvalidSpec(
@@ -109,6 +121,8 @@ def refuse_external_references(data: dict[str, Any], path: Path) -> None:
             f"image refused: it declares an external data file ({details['data-file']!r}); "
             "upload a self-contained image"
         )
+    if details.get("encrypt") or data.get("encrypted"):
+        raise InvalidSpec("image refused: it is encrypted; upload an unencrypted image")
     for extent in details.get("extents") or ():
         name = extent.get("filename") if isinstance(extent, dict) else None
         if name is not None and Path(path.parent, name).absolute() != path.absolute():
