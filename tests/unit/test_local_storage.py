@@ -9,6 +9,7 @@ on small files in a temporary pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -240,21 +241,27 @@ async def test_a_volume_held_by_a_running_qemu_is_in_use(pool: Path) -> None:
     holder = await asyncio.create_subprocess_exec(
         "qemu-io", "-f", "qcow2", str(pool / "volumes" / "disk-1.qcow2"),
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
-        for _ in range(100):  # until it has opened the file (bounded: 5 s)
-            try:
-                await driver.write("disk-1", 0, b"x")
-            except InvalidState as exc:
-                assert exc.current_state == "in use" and "lock" in exc.message
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the write never saw the volume in use")
+        assert holder.stdout is not None
+        prompt = await asyncio.wait_for(holder.stdout.readuntil(b"qemu-io> "), 10)
+        assert prompt.endswith(b"qemu-io> ")  # the image is open: its locks are held
+        with pytest.raises(InvalidState) as exc:
+            await driver.write("disk-1", 0, b"x")
+        assert exc.value.current_state == "in use" and "lock" in exc.value.message
+        for call in (
+            driver.delete_volume("disk-1"),
+            driver.resize_volume("disk-1", 2),
+            driver.create_snapshot("disk-1", "snap-1"),
+            driver.read("disk-1", 0, 1),
+        ):
+            with pytest.raises(InvalidState, match="lock"):
+                await call
     finally:
-        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
         await holder.wait()
     await driver.write("disk-1", 0, b"y")
     assert await driver.read("disk-1", 0, 1) == b"y"
@@ -275,3 +282,13 @@ async def test_a_vm_disk_chain_becomes_a_new_image(pool: Path, tmp_path: Path) -
     await driver.ensure_volume(VolumeSpec("disk-1", 1, ("image", "img-snap")))
     assert await driver.read("disk-1", 0, 128 * 1024) == b"\x11" * 65536 + b"\x22" * 65536
     assert _leftovers(pool) == []
+
+
+async def test_a_pool_path_with_spaces_and_commas_works(pool: Path) -> None:
+    driver = LocalStorageDriver(pool.parent / "my pool, really")
+    await driver.ensure_volume(VolumeSpec("disk-1", 1))
+    await driver.write("disk-1", 7, b"odd path")
+    await driver.create_snapshot("disk-1", "snap-1")
+    await driver.write("disk-1", 7, b"changed!")
+    await driver.rollback("disk-1", "snap-1")
+    assert await driver.read("disk-1", 7, 8) == b"odd path"

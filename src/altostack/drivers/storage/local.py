@@ -286,6 +286,9 @@ class LocalStorageDriver(StorageDriver):
                     message=f"volume {volume_id} has {len(snaps)} snapshot(s) "
                     f"({', '.join(snaps)}); delete them first or force the delete",
                 )
+            # Unlinking a file QEMU holds open would lose the data silently at the VM's
+            # next stop: ask QEMU's image locking first (InvalidState "in use").
+            await qemu_tools.info(str(vol.path), fmt="qcow2", share=False)
             self.faults.check("delete_volume", volume_id)
             unlink(vol.path)
             fsync_dir(vol.path.parent)
@@ -351,11 +354,13 @@ class LocalStorageDriver(StorageDriver):
             src = self.paths.temp(volume_id, ".write")
             try:
                 src.write_bytes(data)
-                # qemu-io's command line is split on spaces: tmp names never have any.
+                # qemu-io splits its commands on spaces and the pool's path may have some:
+                # the data file is named relative to tmp/ (our names never have spaces).
                 await qemu_tools.run(
                     ["qemu-io", "-f", "qcow2",
-                     "-c", f"write -q -s {src} {offset} {len(data)}",
-                     "-c", "flush", str(vol.path)]
+                     "-c", f"write -q -s {src.name} {offset} {len(data)}",
+                     "-c", "flush", str(vol.path)],
+                    cwd=str(self.paths.tmp),
                 )  # fmt: skip
             finally:
                 unlink(src)

@@ -25,7 +25,9 @@ DEFAULT_TIMEOUT = 120.0
 """Seconds for metadata work; copies (``convert``) get the caller's longer limit."""
 
 
-async def run(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> str:
+async def run(
+    argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, cwd: str | None = None
+) -> str:
     """Run ``argv``; its stdout, or a typed error naming the command and its stderr.
 
     ``qemu-io`` reports a failed command on stdout ("write failed: ...") and, for some
@@ -36,6 +38,7 @@ async def run(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> str:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -69,9 +72,15 @@ def translate(what: str, message: str) -> Exception:
     return BackendFailure(text)
 
 
-async def info(path: str, *, fmt: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
-    """``qemu-img info --output=json`` (``-U``: a running VM may hold the file)."""
-    argv = ["qemu-img", "info", "-U", "--output=json"]
+async def info(
+    path: str, *, fmt: str | None = None, timeout: float = 60.0, share: bool = True
+) -> dict[str, Any]:
+    """``qemu-img info --output=json``.
+
+    ``share`` (``-U``) reads a file a running VM holds; without it, such a file fails
+    with QEMU's lock error (``InvalidState("in use")``): the cheap way to ask "in use?".
+    """
+    argv = ["qemu-img", "info", "--output=json", *(["-U"] if share else [])]
     if fmt is not None:
         argv += ["-f", fmt]
     out = await run([*argv, path], timeout=timeout)
