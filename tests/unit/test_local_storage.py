@@ -292,3 +292,11 @@ async def test_a_pool_path_with_spaces_and_commas_works(pool: Path) -> None:
     await driver.write("disk-1", 7, b"changed!")
     await driver.rollback("disk-1", "snap-1")
     assert await driver.read("disk-1", 7, 8) == b"odd path"
+
+
+async def test_creates_from_each_other_do_not_deadlock(pool: Path) -> None:
+    driver = LocalStorageDriver(pool)
+    a = driver.ensure_volume(VolumeSpec("disk-a", 1, ("volume", "disk-b")))
+    b = driver.ensure_volume(VolumeSpec("disk-b", 1, ("volume", "disk-a")))
+    results = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), 10)
+    assert [type(r).__name__ for r in results] == ["VolumeNotFound", "VolumeNotFound"]

@@ -209,7 +209,9 @@ class LocalStorageDriver(StorageDriver):
             snap = self._snapshot_record(source_id)
             if snap is None:
                 raise SnapshotNotFound(source_id)
-            owner = snap["volume_id"]
+            owner = str(snap["volume_id"])
+            if self._find_volume(owner) is None:  # see below: never wait for a missing one
+                raise SnapshotNotFound(source_id)
             async with self._lock(f"vol:{owner}"):
                 vol = self._find_volume(owner)
                 if vol is None or source_id not in await self._snapshot_names(vol):
@@ -217,6 +219,9 @@ class LocalStorageDriver(StorageDriver):
                 self._check_fits(spec, int(snap["size_gib"]) * GIB, f"snapshot {source_id}")
                 await self._copy(vol, tmp, size, commit, snapshot=source_id)
             return
+        # A missing source fails before its lock is taken: two creates of missing volumes
+        # from each other would otherwise each hold one lock and wait for the other's.
+        self._volume(source_id)
         async with self._lock(f"vol:{source_id}"):
             vol = self._volume(source_id)
             self._check_fits(spec, vol.size_bytes, f"volume {source_id}")
