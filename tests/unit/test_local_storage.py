@@ -300,3 +300,21 @@ async def test_creates_from_each_other_do_not_deadlock(pool: Path) -> None:
     b = driver.ensure_volume(VolumeSpec("disk-b", 1, ("volume", "disk-a")))
     results = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), 10)
     assert [type(r).__name__ for r in results] == ["VolumeNotFound", "VolumeNotFound"]
+
+
+async def test_zeros_in_an_upload_take_no_space(pool: Path) -> None:
+    data = os.urandom(MIB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield bytes(MIB)
+        yield data
+        yield bytes(MIB)  # a trailing hole
+
+    driver = LocalStorageDriver(pool)
+    info = await driver.import_image("img-sparse", chunks())
+    assert info.size_bytes == info.virtual_size_bytes == 10 * MIB
+    (base,) = (pool / "bases").iterdir()
+    assert base.stat().st_size == 10 * MIB and base.stat().st_blocks * 512 < 2 * MIB
+    await driver.ensure_volume(VolumeSpec("disk-1", 1, ("image", "img-sparse")))
+    assert await driver.read("disk-1", 8 * MIB - 1, MIB + 2) == b"\0" + data + b"\0"

@@ -47,6 +47,8 @@ class Upload:
 async def receive(chunks: AsyncIterator[bytes], path: Path) -> Upload:
     """Write ``chunks`` to ``path`` (created here), hashing as it goes; never all in memory.
 
+    Chunks of zeros become holes, so a raw disk image uses only the space of its data.
+
     The caller removes ``path`` if this raises (the stream's own error propagates).
     """
     hasher = hashlib.sha256()
@@ -59,8 +61,12 @@ async def receive(chunks: AsyncIterator[bytes], path: Path) -> Upload:
             hasher.update(chunk)
             if len(head) < HEADER_BYTES:
                 head = (head + chunk)[:HEADER_BYTES]
+            if chunk.count(0) == len(chunk):
+                f.seek(len(chunk), os.SEEK_CUR)  # all zeros: leave a hole (raw disks have many)
+            else:
+                await asyncio.to_thread(f.write, chunk)
             size += len(chunk)
-            await asyncio.to_thread(f.write, chunk)
+        f.truncate(size)  # a trailing hole still counts in the length
         await asyncio.to_thread(_sync, f.fileno())
     return Upload(path, size, hasher.hexdigest(), head)
 
