@@ -101,7 +101,9 @@ class _Volume:
     @property
     def base(self) -> Path | None:
         """The base file this volume's data rests on, if any."""
-        return None if self.backing is None else (self.path.parent / self.backing).resolve()
+        if self.backing is None:
+            return None
+        return Path(os.path.normpath(self.path.parent / self.backing))
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ class LocalStorageDriver(StorageDriver):
         """Seconds a whole-volume copy (clone, export, import conversion) may take."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._bases = asyncio.Lock()
-        """Held while a volume may start referencing a base file, and while bases are
-        garbage-collected, so a base is never removed under a volume being made on it."""
+        """Held while a volume is made from an image, while an image's record is written or
+        removed, and while bases are garbage-collected, so a base is never removed under a
+        volume being made on it."""
 
     @property
     def capabilities(self) -> StorageCapabilities:
@@ -178,9 +181,9 @@ class LocalStorageDriver(StorageDriver):
     async def _create(self, spec: VolumeSpec, tmp: Path, commit: Callable[[], None]) -> None:
         """Make the new volume at ``tmp`` with its source's data as of now, then ``commit``.
 
-        ``commit`` (the last fault point, then the rename into ``volumes/``) runs inside the
-        bases lock when the volume rests on a base, so the base's garbage collection always
-        sees it.
+        ``commit`` (the last fault point, then the rename into ``volumes/``) runs while the
+        base the new volume rests on, if any, cannot be garbage-collected: under the bases
+        lock for an image, under the source's lock for a copy.
         """
         size = f"{spec.size_gib}G"
         if spec.source is None:
@@ -188,8 +191,8 @@ class LocalStorageDriver(StorageDriver):
             commit()
             return
         kind, source_id = spec.source
-        if source_id == spec.id:  # being created, so not there yet (and its lock is held)
-            raise _not_found(kind, source_id)
+        if kind == "volume" and source_id == spec.id:  # not there yet, and its lock is held
+            raise VolumeNotFound(source_id)
         if kind == "image":
             image = self._image(source_id)
             self._check_fits(spec, image.info.virtual_size_bytes, f"image {source_id}")
@@ -247,7 +250,9 @@ class LocalStorageDriver(StorageDriver):
         """An independent copy of ``vol`` (or of its snapshot) at ``tmp``, grown to ``size``.
 
         A source resting on an image base keeps resting on it (``-B``): only what differs
-        from the base is copied, and the base is never deleted while the copy uses it.
+        from the base is copied. No bases lock is needed (a long copy would hold up every
+        other create): the caller holds the source's lock, so the source, which uses the
+        base, cannot be deleted before the copy is in ``volumes/`` using it too.
         """
         argv = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2"]
         if snapshot is not None:
@@ -256,13 +261,12 @@ class LocalStorageDriver(StorageDriver):
         if base is not None:
             fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
             argv += ["-B", f"../bases/{base.name}", "-F", fmt]
-        async with self._bases if base is not None else contextlib.nullcontext():
-            if base is not None and not base.exists():
-                raise BackendFailure(f"volume {vol.id}: its base file {base} is missing")
-            # -B is resolved relative to the new file: tmp/ and volumes/ are siblings.
-            await qemu_tools.run([*argv, str(vol.path), str(tmp)], timeout=self.copy_timeout)
-            await qemu_tools.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), size])
-            commit()
+        if base is not None and not base.exists():
+            raise BackendFailure(f"volume {vol.id}: its base file {base} is missing")
+        # -B is resolved relative to the new file: tmp/ and volumes/ are siblings.
+        await qemu_tools.run([*argv, str(vol.path), str(tmp)], timeout=self.copy_timeout)
+        await qemu_tools.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), size])
+        commit()
 
     async def get_volume(self, volume_id: str) -> VolumeInfo | None:
         try:
@@ -689,12 +693,6 @@ class LocalStorageDriver(StorageDriver):
         return VolumeInfo(
             vol.id, vol.size_gib, allocated_bytes(vol.path), None if base is None else str(base)
         )
-
-
-def _not_found(kind: str, source_id: str) -> Exception:
-    """The typed not-found error for a missing volume source."""
-    errors = {"image": ImageNotFound, "snapshot": SnapshotNotFound, "volume": VolumeNotFound}
-    return errors[kind](source_id)
 
 
 def _snapshot_argv(action: str, snap_id: str, path: Path) -> list[str]:
