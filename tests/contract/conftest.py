@@ -229,9 +229,14 @@ COMPUTE_BACKENDS: dict[str, Factory] = {
     "sim-minimal": lambda: _just(SimComputeHarness(ComputeCapabilities())),
     "qemu": qemu_compute_harness,
 }
+from tests.contract.local_storage_harness import local_storage_harness  # noqa: E402
+
 STORAGE_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimStorageHarness()),
+    "sim-minimal": lambda: _just(SimStorageHarness(StorageCapabilities())),
+    "local": local_storage_harness,
 }
+STORAGE_MARKS: dict[str, pytest.MarkDecorator] = {"local": pytest.mark.real}
 NETWORK_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimNetworkHarness()),
     "linux": linux_network_harness,
@@ -244,7 +249,9 @@ async def compute(request: pytest.FixtureRequest) -> AsyncIterator[ComputeHarnes
         yield harness
 
 
-@pytest.fixture(params=list(STORAGE_BACKENDS))
+@pytest.fixture(
+    params=[pytest.param(name, marks=STORAGE_MARKS.get(name, ())) for name in STORAGE_BACKENDS]
+)
 async def storage(request: pytest.FixtureRequest) -> AsyncIterator[StorageHarness]:
     async with STORAGE_BACKENDS[request.param]() as harness:
         yield harness

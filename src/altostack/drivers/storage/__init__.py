@@ -1,4 +1,4 @@
-"""Storage drivers: the interface (``base``), the in-memory ``sim``; local qcow2 and ceph next."""
+"""Storage drivers: the interface (``base``), the in-memory ``sim``, ``local`` qcow2 files."""
 
 from altostack.drivers.storage.base import (
     ImageInfo,
