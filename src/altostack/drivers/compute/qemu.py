@@ -143,6 +143,7 @@ guest misses the first press, as on real hardware)."""
 CTRL_ALT_DEL_RETRY = 2.0
 VNC_BASE_PORT = 5900
 VNC_PORTS = 10000
+VNC_RETRIES = 5
 
 _PAUSED_RUNSTATES = frozenset(
     {"paused", "suspended", "io-error", "debug", "watchdog", "inmigrate", "postmigrate",
@@ -577,7 +578,7 @@ class QemuComputeDriver(ComputeDriver):
                 stale.unlink(missing_ok=True)
             paths.pidfile.unlink(missing_ok=True)
             console_at = _size(paths.console_log)
-            await launch(build_command(binary, self._machine(record)).argv)
+            await self._launch(binary, record)
             async with self._qmp(paths, record.id) as qmp:
                 self.faults.check("start", record.id)
                 # Nobody knows this password: the console opens only through console().
@@ -1054,7 +1055,7 @@ class QemuComputeDriver(ComputeDriver):
             record.vnc_port, record.http_ports, record.root_node = vnc_port, http_ports, "root"
             record.power, record.stopped_by = "running", None
             save_record(paths.record, record)
-            await launch(build_command(binary, self._machine(record, incoming=True)).argv)
+            await self._launch(binary, record, incoming=True)
             port = _free_port()
             async with self._qmp(paths, record.id) as qmp:
                 await qmp.execute(
@@ -1183,6 +1184,27 @@ class QemuComputeDriver(ComputeDriver):
                 for i, nic in enumerate(record.nics)
             ),
         )
+
+    async def _launch(self, binary: str, record: VmRecord, *, incoming: bool = False) -> None:
+        """Launch QEMU; when another process took the VNC port since it was picked (other
+        agents and test runs share the host), pick another and try again."""
+        for attempt in range(VNC_RETRIES):
+            try:
+                await launch(build_command(binary, self._machine(record, incoming=incoming)).argv)
+                return
+            except BackendFailure as exc:
+                if "-vnc" not in exc.message or attempt == VNC_RETRIES - 1:
+                    raise
+            self._end_leftover(self.paths(record.id))
+            async with self._host_lock:
+                taken = record.vnc_port
+                if taken is not None:
+                    self._reserved_ports.add(taken)
+                try:
+                    record.vnc_port = self._pick_vnc_port()
+                finally:
+                    if taken is not None:
+                        self._reserved_ports.discard(taken)
 
     def _check_arch(self, arch: str) -> None:
         if arch != self.arch:
