@@ -43,6 +43,7 @@ from altostack.drivers.compute.base import DiskSpec
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import VmPaths
+from altostack.drivers.compute.qemu_host import ensure_qemu_user
 from altostack.drivers.compute.qemu_process import kill_now, live_pid, pids_with, qmp_session
 from altostack.drivers.compute.qemu_record import read_events
 from altostack.drivers.compute.qemu_seed import read_seed
@@ -209,8 +210,10 @@ def _count(text: str, mark: str) -> int:
 
 
 class QemuComputeHarness(ComputeHarness):
-    def __init__(self, root: Path, image: Path, host: str = "contract-host") -> None:
-        self.root, self.image, self.host = root, image, host
+    def __init__(
+        self, root: Path, image: Path, host: str = "contract-host", run_as: str | None = None
+    ) -> None:
+        self.root, self.image, self.host, self.run_as = root, image, host, run_as
         self.images = LocalImageCache(root / "images")
         self.image_id, self.other_image_id = "img-alto-test-1", "img-alto-test-2"
         self.images.add(self.image_id, image)
@@ -225,6 +228,7 @@ class QemuComputeHarness(ComputeHarness):
             faults=self.faults,
             hostname=self.host,
             soft_reboot_timeout=GUEST_TIMEOUT,
+            run_as=self.run_as,
         )
 
     async def restart(self) -> None:
@@ -399,15 +403,18 @@ class QemuComputeHarness(ComputeHarness):
     @asynccontextmanager
     async def second_host(self) -> AsyncIterator[ComputeHarness]:
         # Under the same root: the first harness's clean-up kills its QEMUs too.
-        yield QemuComputeHarness(self.root, self.image, host="contract-host-2")
+        yield QemuComputeHarness(self.root, self.image, "contract-host-2", self.run_as)
 
 
 @asynccontextmanager
 async def qemu_compute_harness() -> AsyncIterator[QemuComputeHarness]:
     image = guest_image()
     root = Path(tempfile.mkdtemp(prefix="alto-qemu-contract-"))
+    # As root, QEMU drops to its own user (-runas), which must reach the VM directories.
+    user = ensure_qemu_user()
+    os.chmod(root, 0o711)
     try:
-        yield QemuComputeHarness(root, image)
+        yield QemuComputeHarness(root, image, run_as=None if user is None else user.name)
     finally:
         kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)

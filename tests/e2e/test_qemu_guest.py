@@ -227,8 +227,10 @@ def test_data_disks_slots_snapshots_and_incoming_change_the_command_line(
         slots={"nic-p1": 6, "disk-disk-a": 5},
         root_file=tmp_path / "vms" / "vm,1" / "root-s1.qcow2",
         incoming=True,
+        run_as="alto-qemu",
     )
     cmd = build_command("qemu-system-x86_64", machine)
+    assert cmd.values("-runas") == ["alto-qemu"]
     data = cmd.props("-device", "virtio-blk-pci")[2]
     assert (data.get("id"), data.get("drive"), data.get("addr")) == (
         "disk-disk-a",

@@ -79,12 +79,15 @@ from altostack.drivers.compute.qemu_devices import (
 )
 from altostack.drivers.compute.qemu_host import (
     GIB,
+    RunAs,
     detect_accel,
     disk_gib,
     host_arch,
     host_cores,
     host_memory_mib,
+    lookup_user,
     qemu_binary,
+    traversable_by,
 )
 from altostack.drivers.compute.qemu_migration import migrate
 from altostack.drivers.compute.qemu_process import (
@@ -184,6 +187,7 @@ class QemuComputeDriver(ComputeDriver):
         binary: str | None = None,
         soft_reboot_timeout: float = 30.0,
         forward_http: bool = True,
+        run_as: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.vms_dir = self.state_dir / "vms"
@@ -197,6 +201,9 @@ class QemuComputeDriver(ComputeDriver):
         self.binary = binary or qemu_binary(self.arch)
         self.soft_reboot_timeout = soft_reboot_timeout
         self.forward_http = forward_http
+        self.run_as: RunAs | None = None
+        if run_as is not None:
+            self.run_as = self._check_run_as(run_as)
         self._locks: dict[str, asyncio.Lock] = {}
         self._status_locks: dict[str, asyncio.Lock] = {}
         self._host_lock = asyncio.Lock()
@@ -379,6 +386,10 @@ class QemuComputeDriver(ComputeDriver):
             raise InvalidSpec(f"{spec.id!r} cannot be a VM id on this host") from None
         async with self._lock(spec.id):
             observed = await self._observe(spec.id, tidy=True)
+            if observed is None and self.paths(spec.id).incoming.exists():
+                raise BackendFailure(
+                    f"{spec.id} is being received by a live migration (finish or abort it)"
+                )
             if observed is None:
                 self._purge(self.paths(spec.id))  # left over by a create that died midway
                 observed = await self._create(spec)
@@ -398,16 +409,19 @@ class QemuComputeDriver(ComputeDriver):
         self._check_disk(spec.root_disk_gib, excluding=spec.id)
         paths = self.paths(spec.id)
         paths.dir.mkdir(mode=0o700, parents=True)
+        self._give(paths.dir)
         paths.creating.touch()
         try:
             await self._check_image_fits(spec.image_id, spec.root_disk_gib)
             self.faults.check("create", spec.id)
             await self._make_root_disk(base, paths.root_disk, spec.root_disk_gib)
+            self._give(paths.root_disk)
             record = VmRecord.from_spec(
                 spec, machine_type=await self._machine_type(), accel=self.accel
             )
             seed = self._seed(spec, record)
             await build_seed_iso(seed, paths.seed_iso(record.seed_serial))
+            self._give(paths.seed_iso(record.seed_serial))
             save_seed_json(seed, paths.seed_json)
             save_record(paths.record, record)
             append_event(paths.events, "create")
@@ -752,9 +766,11 @@ class QemuComputeDriver(ComputeDriver):
                 if observed.pid is not None:
                     await self._quit(paths, observed.pid)
                 await self._make_root_disk(base, new_disk, spec.root_disk_gib)
+                self._give(new_disk)
                 record.install_serial += 1
                 seed = self._seed(spec, record)
                 await build_seed_iso(seed, new_iso)
+                self._give(new_iso)
             except BaseException:
                 new_disk.unlink(missing_ok=True)
                 new_iso.unlink(missing_ok=True)
@@ -791,6 +807,7 @@ class QemuComputeDriver(ComputeDriver):
             new_iso = paths.seed_iso(new)
             try:
                 await build_seed_iso(seed, new_iso)
+                self._give(new_iso)
                 if observed.pid is not None:
                     await self._swap_seed(paths, vm_id, old, new)
             except BaseException:
@@ -906,6 +923,7 @@ class QemuComputeDriver(ComputeDriver):
                     raise InvalidSpec(f"{vm_id} already has another disk {disk.id!r}")
             if not _is_file(disk.path):
                 raise InvalidSpec(f"disk {disk.id}: {disk.path} is not a file on {self.hostname}")
+            self._give(Path(disk.path))
             device = disk_ids(disk)[0]
             try:
                 record.slot(device)
@@ -944,7 +962,10 @@ class QemuComputeDriver(ComputeDriver):
             append_event(paths.events, f"detach {disk.id}")
 
     async def list_disks(self, vm_id: str) -> list[DiskSpec]:
-        return list((await self._require(vm_id)).record.disks)
+        observed = await self._look(vm_id)
+        if observed is None:
+            raise VmNotFound(vm_id)
+        return list(observed.record.disks)
 
     async def snapshot_disk(
         self, vm_id: str, snapshot_id: str, *, disk_id: str = "root"
@@ -965,6 +986,7 @@ class QemuComputeDriver(ComputeDriver):
             live = self._live(observed)
             try:
                 await _make_overlay(frozen, overlay, record.root_disk_gib)
+                self._give(overlay)
                 self.faults.check("snapshot_disk", vm_id)
                 if live:
                     async with self._qmp(paths, vm_id) as qmp:
@@ -1020,6 +1042,7 @@ class QemuComputeDriver(ComputeDriver):
             files = [str(f) for f in manifest.data["files"]]  # type: ignore[attr-defined]
             binary = self._binary()
             paths.dir.mkdir(mode=0o700, parents=True)
+            self._give(paths.dir)
             paths.incoming.touch()
             try:
                 port = await self._receive(paths, record, source, files, binary)
@@ -1169,6 +1192,7 @@ class QemuComputeDriver(ComputeDriver):
             disks=tuple(record.disks),
             slots=dict(record.pci_slots),
             incoming=incoming,
+            run_as=None if self.run_as is None else self.run_as.name,
             vm_id=record.id,
             paths=paths,
             vcpus=record.vcpus,
@@ -1205,6 +1229,22 @@ class QemuComputeDriver(ComputeDriver):
                 finally:
                     if taken is not None:
                         self._reserved_ports.discard(taken)
+
+    def _check_run_as(self, name: str) -> RunAs:
+        user = lookup_user(name)
+        if user is None:
+            raise InvalidSpec(f"no user {name!r} on {self.hostname} for QEMU to run as")
+        if not traversable_by(self.vms_dir, user):
+            raise InvalidSpec(
+                f"{name} cannot reach {self.vms_dir}: QEMU opens files there after it drops "
+                "its privileges (give the directories on the way the x bit for others)"
+            )
+        return user
+
+    def _give(self, path: Path) -> None:
+        """Hand a file QEMU may open after dropping privileges (``-runas``) to its user."""
+        if self.run_as is not None:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
 
     def _check_arch(self, arch: str) -> None:
         if arch != self.arch:

@@ -211,6 +211,8 @@ class QemuMachine:
     """PCI slot per device id (NICs and data disks); unlisted devices get QEMU's choice."""
     incoming: bool = False
     """Wait for a live migration (``-incoming defer``) instead of booting."""
+    run_as: str | None = None
+    """The unprivileged user QEMU switches to once it opened its files (``-runas``)."""
 
 
 def _slirp_net(nic: NicSpec) -> dict[str, str]:
@@ -325,6 +327,8 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
     add("-m", Props.of(None, size=f"{m.memory_mib}M"))
     add("-sandbox", SANDBOX)
     add("-daemonize")
+    if m.run_as is not None:
+        add("-runas", m.run_as)
     p = m.paths
     add("-pidfile", str(p.pidfile))
     add("-no-shutdown")
