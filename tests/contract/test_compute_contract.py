@@ -658,6 +658,13 @@ async def test_live_migration_moves_a_running_vm_and_a_failed_one_stays(
     assert before is not None
     assert await compute.guest_sees_nic(spec.id, _nic(1).mac)  # booted and answering
     async with compute.second_host() as other:
+        # A target that gave up: the transfer fails, the VM keeps running here.
+        target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))
+        await other.driver.abort_incoming(spec.id)
+        await other.driver.abort_incoming(spec.id)  # nothing left: a no-op
+        with pytest.raises(BackendFailure):
+            await d.migrate_vm(spec.id, target, timeout=60)
+        assert await d.get_vm(spec.id) == before
         # A failure during the transfer: cancelled, still running here, nothing there.
         compute.faults.inject("migrate", resource_id=spec.id)
         target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))

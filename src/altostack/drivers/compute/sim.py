@@ -46,7 +46,13 @@ from altostack.drivers.compute.sim_hypervisor import (
     SimVm,
     guest_from_spec,
 )
-from altostack.drivers.errors import InvalidSpec, InvalidState, NotSupported, VmNotFound
+from altostack.drivers.errors import (
+    BackendFailure,
+    InvalidSpec,
+    InvalidState,
+    NotSupported,
+    VmNotFound,
+)
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.timings import SimTimings
 
@@ -71,6 +77,10 @@ SIM_CAPABILITIES = ComputeCapabilities(
 """What the sim can do by default; pass ``ComputeCapabilities()`` to get a minimal host."""
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_RECEIVING: dict[str, SimHypervisor] = {}
+"""Sim hosts waiting for a migration, by the URI they gave out: the sim's network, so a
+source can tell a target that is not (or no longer) receiving, as a real transfer would."""
 
 
 class SimComputeDriver(ComputeDriver):
@@ -429,7 +439,9 @@ class SimComputeDriver(ComputeDriver):
             vm.disks = [DiskSpec(**d) for d in data["disks"]]  # type: ignore[attr-defined]
             vm.root_layers = list(data["root_layers"])  # type: ignore[call-overload]
             host = self.hypervisor.config.hostname
-            return IncomingMigration(vm_id, host, f"sim://{host}/{vm_id}")
+            uri = f"sim://{host}/{id(self.hypervisor):x}/{vm_id}"
+            _RECEIVING[uri] = self.hypervisor
+            return IncomingMigration(vm_id, host, uri)
 
     async def migrate_vm(
         self,
@@ -445,6 +457,9 @@ class SimComputeDriver(ComputeDriver):
         async with self.hypervisor.lock(vm_id):
             vm = self.hypervisor.require_state(vm_id, "running")
             total = vm.memory_mib * 1024 * 1024
+            receiver = _RECEIVING.get(target.uri)
+            if receiver is None or vm_id not in receiver.ids():
+                raise BackendFailure(f"migration to {target.uri} failed: nobody receives it")
             steps = 4
             for step in range(steps):
                 await self._sleep(self.timings.migrate / steps)
@@ -452,6 +467,9 @@ class SimComputeDriver(ComputeDriver):
                     done = total * step // steps
                     progress(MigrationProgress("active", done, total - done, total))
             self.faults.check("migrate", vm_id)
+            received = receiver.incoming(vm_id)  # the guest as it is now, not at the manifest
+            received.guest = dataclasses.replace(vm.guest)
+            received.disks, received.root_layers = list(vm.disks), list(vm.root_layers)
             if progress is not None:
                 progress(MigrationProgress("completed", total, 0, total))
             self.hypervisor.remove(vm_id)
@@ -460,6 +478,7 @@ class SimComputeDriver(ComputeDriver):
     async def finish_incoming(self, vm_id: str) -> VmStatus:
         async with self.hypervisor.lock(vm_id):
             vm = self.hypervisor.incoming(vm_id)
+            _forget(self.hypervisor, vm_id)
             vm.state, vm.stopped_by = "running", None
             if vm.started_at is None:
                 vm.started_at = self.hypervisor.clock()
@@ -471,6 +490,7 @@ class SimComputeDriver(ComputeDriver):
                 self.hypervisor.incoming(vm_id)
             except VmNotFound:
                 return
+            _forget(self.hypervisor, vm_id)
             self.hypervisor.remove(vm_id)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -493,3 +513,8 @@ class SimComputeDriver(ComputeDriver):
             raise NotSupported(
                 f"arch {spec.arch}", f"host {host.hostname} runs {host.arch} guests only"
             )
+
+
+def _forget(hypervisor: SimHypervisor, vm_id: str) -> None:
+    for uri in [u for u, h in _RECEIVING.items() if h is hypervisor and u.endswith(f"/{vm_id}")]:
+        del _RECEIVING[uri]
