@@ -29,7 +29,12 @@ from typing import Any
 import pytest
 
 from altostack.domain.ids import new_id
-from altostack.drivers.compute.base import ComputeCapabilities, ComputeDriver, VmSpec
+from altostack.drivers.compute.base import (
+    ComputeCapabilities,
+    ComputeDriver,
+    DiskSpec,
+    VmSpec,
+)
 from altostack.drivers.compute.sim import SIM_CAPABILITIES, SimComputeDriver, SimHypervisor
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.network.base import NetworkDriver
@@ -93,6 +98,33 @@ class ComputeHarness(abc.ABC):
     async def guest_password(self, vm_id: str, user: str) -> str | None:
         """The password the guest accepts for ``user`` (after its next boot at the latest)."""
 
+    @abc.abstractmethod
+    async def make_disk(self, size_mib: int) -> DiskSpec:
+        """A new, empty data disk of ``size_mib`` that the backend can attach."""
+
+    @abc.abstractmethod
+    async def guest_sees_disk(self, vm_id: str, size_mib: int, *, present: bool = True) -> bool:
+        """Whether the guest comes to see (``present``) or stop seeing a disk of that size.
+
+        Waits (a real guest takes a moment to notice a hot-plug); False once it gave up.
+        """
+
+    @abc.abstractmethod
+    async def guest_sees_nic(self, vm_id: str, mac: str, *, present: bool = True) -> bool:
+        """Like :meth:`guest_sees_disk`, for a network interface with that MAC."""
+
+    @abc.abstractmethod
+    async def active_root_layer(self, vm_id: str) -> str:
+        """The file the VM's root disk writes to now (where the hypervisor says it is)."""
+
+    @abc.abstractmethod
+    async def guest_answers(self, vm_id: str) -> bool:
+        """Whether the guest answers a request from outside right now (one short try)."""
+
+    @abc.abstractmethod
+    def second_host(self) -> AbstractAsyncContextManager[ComputeHarness]:
+        """Another host of the same kind, with the same images (a migration target)."""
+
 
 class StorageHarness(abc.ABC):
     driver: StorageDriver
@@ -121,6 +153,7 @@ class SimComputeHarness(ComputeHarness):
         self.faults = FaultInjector()
         self.image_id, self.other_image_id = new_id("img"), new_id("img")
         self._capabilities = capabilities
+        self._disk_sizes: dict[str, int] = {}
         self.driver = self._new_driver()
 
     def _new_driver(self) -> SimComputeDriver:
@@ -148,6 +181,38 @@ class SimComputeHarness(ComputeHarness):
 
     async def guest_password(self, vm_id: str, user: str) -> str | None:
         return self.hypervisor.guest(vm_id).passwords.get(user)
+
+    async def make_disk(self, size_mib: int) -> DiskSpec:
+        disk = DiskSpec(new_id("disk"), f"/sim/volumes/{new_id('disk')}.qcow2")
+        self._disk_sizes[disk.path] = size_mib
+        return disk
+
+    def _running(self, vm_id: str) -> bool:
+        vm = self.hypervisor.find(vm_id)
+        return vm is not None and vm.state == "running"
+
+    async def guest_sees_disk(self, vm_id: str, size_mib: int, *, present: bool = True) -> bool:
+        vm = self.hypervisor.require(vm_id)
+        sizes = [vm.spec.root_disk_gib * 1024] + [self._disk_sizes.get(d.path) for d in vm.disks]
+        seen = self._running(vm_id) and size_mib in sizes
+        return seen == present
+
+    async def guest_sees_nic(self, vm_id: str, mac: str, *, present: bool = True) -> bool:
+        vm = self.hypervisor.require(vm_id)
+        seen = self._running(vm_id) and any(nic.mac == mac for nic in vm.spec.nics)
+        return seen == present
+
+    async def active_root_layer(self, vm_id: str) -> str:
+        return self.hypervisor.require(vm_id).root_layers[-1]
+
+    async def guest_answers(self, vm_id: str) -> bool:
+        return self._running(vm_id)
+
+    @asynccontextmanager
+    async def second_host(self) -> AsyncIterator[ComputeHarness]:
+        other = SimComputeHarness(self._capabilities)
+        other.image_id, other.other_image_id = self.image_id, self.other_image_id
+        yield other
 
 
 class SimStorageHarness(StorageHarness):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -37,9 +38,12 @@ from pathlib import Path
 
 import pytest
 
+from altostack.domain.ids import new_id
+from altostack.drivers.compute.base import DiskSpec
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import VmPaths
+from altostack.drivers.compute.qemu_host import ensure_qemu_user
 from altostack.drivers.compute.qemu_process import kill_now, live_pid, pids_with, qmp_session
 from altostack.drivers.compute.qemu_record import read_events
 from altostack.drivers.compute.qemu_seed import read_seed
@@ -206,8 +210,10 @@ def _count(text: str, mark: str) -> int:
 
 
 class QemuComputeHarness(ComputeHarness):
-    def __init__(self, root: Path, image: Path) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, image: Path, host: str = "contract-host", run_as: str | None = None
+    ) -> None:
+        self.root, self.image, self.host, self.run_as = root, image, host, run_as
         self.images = LocalImageCache(root / "images")
         self.image_id, self.other_image_id = "img-alto-test-1", "img-alto-test-2"
         self.images.add(self.image_id, image)
@@ -217,11 +223,12 @@ class QemuComputeHarness(ComputeHarness):
 
     def _new_driver(self) -> QemuComputeDriver:
         return QemuComputeDriver(
-            self.root / "state",
+            self.root / self.host,
             self.images,
             faults=self.faults,
-            hostname="contract-host",
+            hostname=self.host,
             soft_reboot_timeout=GUEST_TIMEOUT,
+            run_as=self.run_as,
         )
 
     async def restart(self) -> None:
@@ -323,13 +330,91 @@ class QemuComputeHarness(ComputeHarness):
                     await self.driver.reboot_vm(vm_id, hard=True)
         return None
 
+    # -- hot-plug, snapshots, migration: what the guest and QEMU say ------------------------
+
+    async def make_disk(self, size_mib: int) -> DiskSpec:
+        disks = self.root / "volumes"
+        disks.mkdir(exist_ok=True)
+        disk_id = new_id("disk")
+        disk = DiskSpec(disk_id, str(disks / f"{disk_id}.qcow2"))
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "create", "-q", "-f", "qcow2", disk.path, f"{size_mib}M"
+        )
+        assert await proc.wait() == 0
+        return disk
+
+    async def http_get(self, vm_id: str, path: str, timeout: float = 1.0) -> str | None:
+        """The body the guest's HTTP server answers on ``path``, None if it does not."""
+        try:
+            endpoint = self.driver.http_endpoint(vm_id)
+        except DriverError:
+            return None
+        if endpoint is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(*endpoint)
+                try:
+                    writer.write(f"GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n".encode())
+                    await writer.drain()
+                    answer = await reader.read()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return None
+        head, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
+        return body if head.startswith("HTTP/1.") and " 200 " in head.split("\r\n")[0] else None
+
+    async def _guest_shows(self, vm_id: str, path: str, wanted: str, present: bool) -> bool:
+        await self.wait_ready(vm_id)
+        deadline = time.monotonic() + GUEST_TIMEOUT
+        while time.monotonic() < deadline:
+            body = await self.http_get(vm_id, path)
+            if body is not None and (wanted in body.split()) == present:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def guest_sees_disk(self, vm_id: str, size_mib: int, *, present: bool = True) -> bool:
+        return await self._guest_shows(vm_id, "/cgi-bin/disks", str(size_mib << 20), present)
+
+    async def guest_sees_nic(self, vm_id: str, mac: str, *, present: bool = True) -> bool:
+        return await self._guest_shows(vm_id, "/cgi-bin/nics", mac.lower(), present)
+
+    async def active_root_layer(self, vm_id: str) -> str:
+        paths = self.paths(vm_id)
+        async with qmp_session(paths.status_socket, "harness", timeout=5) as qmp:
+            blocks = await qmp.execute("query-block")
+        for block in blocks:
+            if (
+                block.get("qdev", "").endswith("root-disk/virtio-backend")
+                or block.get("qdev") == "root-disk"
+            ):
+                name = str(block["inserted"]["file"])
+                # An overlay opened without its backing in the options is described as json.
+                if name.startswith("json:"):
+                    name = str(json.loads(name[5:])["file"]["filename"])
+                return name
+        raise AssertionError(f"no root disk in {blocks}")
+
+    async def guest_answers(self, vm_id: str) -> bool:
+        return await self.http_get(vm_id, "/", timeout=0.5) is not None
+
+    @asynccontextmanager
+    async def second_host(self) -> AsyncIterator[ComputeHarness]:
+        # Under the same root: the first harness's clean-up kills its QEMUs too.
+        yield QemuComputeHarness(self.root, self.image, "contract-host-2", self.run_as)
+
 
 @asynccontextmanager
 async def qemu_compute_harness() -> AsyncIterator[QemuComputeHarness]:
     image = guest_image()
     root = Path(tempfile.mkdtemp(prefix="alto-qemu-contract-"))
+    # As root, QEMU drops to its own user (-runas), which must reach the VM directories.
+    user = ensure_qemu_user()
+    os.chmod(root, 0o711)
     try:
-        yield QemuComputeHarness(root, image)
+        yield QemuComputeHarness(root, image, run_as=None if user is None else user.name)
     finally:
         kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)

@@ -7,16 +7,18 @@ the interface and the harness hooks, never a backend's internals.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from dataclasses import replace
 
 import pytest
 
-from altostack.drivers.compute.base import DEFAULT_USER, VmSpec
+from altostack.drivers.compute.base import DEFAULT_USER, MigrationProgress, NicSpec, VmSpec
 from altostack.drivers.errors import (
     BackendFailure,
     DriverError,
     InsufficientResources,
+    InvalidSpec,
     InvalidState,
     NotSupported,
     VmNotFound,
@@ -511,6 +513,211 @@ async def test_console_of_a_stopped_vm_names_its_state(compute: ComputeHarness) 
     _assert_invalid_state(exc, "stopped")
 
 
+# -- disks, NICs, snapshots -------------------------------------------------------------------
+
+
+def _nic(n: int) -> NicSpec:
+    """A NIC (the qemu backend forwards the guest's HTTP port through NIC 0)."""
+    return NicSpec(f"nic-{n}", f"52:54:00:00:01:{n:02x}", f"10.{n}.0.10", f"subnet-{n}")
+
+
+DISK_MIB = 48
+
+
+async def test_a_hot_plugged_disk_reaches_the_guest_and_stays_attached(
+    compute: ComputeHarness,
+) -> None:
+    """Hot-plug and unplug, kept across an agent restart and a cold start; a live
+    snapshot of the root disk on the same guest (the VM keeps running)."""
+    d = compute.driver
+    spec = await _running(compute, nics=(_nic(1),))
+    disk = await compute.make_disk(DISK_MIB)
+    if not d.capabilities.hot_plug_disk:
+        with pytest.raises(NotSupported):
+            await d.attach_disk(spec.id, disk)
+        assert await d.list_disks(spec.id) == []
+        return
+    assert await compute.guest_sees_disk(spec.id, spec.root_disk_gib * 1024)  # it is up
+    began = time.monotonic()
+    await d.attach_disk(spec.id, disk)
+    plugged = time.monotonic() - began
+    await d.attach_disk(spec.id, disk)  # the same disk again: a no-op
+    assert await d.list_disks(spec.id) == [disk]
+    assert await compute.guest_sees_disk(spec.id, DISK_MIB)
+    seen = time.monotonic() - began
+    with pytest.raises(InvalidSpec):
+        await d.attach_disk(spec.id, replace(disk, read_only=True))
+    snapshot = None
+    if d.capabilities.live_disk_snapshot:
+        began = time.monotonic()
+        snapshot = await d.snapshot_disk(spec.id, "snap1")
+        snapped = time.monotonic() - began
+        assert (snapshot.vm_id, snapshot.disk_id) == (spec.id, "root")
+        assert snapshot.active != snapshot.frozen
+        assert await compute.active_root_layer(spec.id) == snapshot.active
+        status = await d.get_vm(spec.id)
+        assert status is not None and status.state == "running"
+        print(f"\n[{type(d).__name__}] live snapshot {snapped * 1000:.0f} ms")
+    await compute.restart()  # a new agent finds the disk attached
+    assert await d.list_disks(spec.id) == [disk]
+    await d.stop_vm(spec.id, timeout=30)
+    await d.start_vm(spec.id)  # a cold start keeps the disk and the active layer
+    assert await compute.guest_sees_disk(spec.id, DISK_MIB)
+    if snapshot is not None:
+        assert await compute.active_root_layer(spec.id) == snapshot.active
+    began = time.monotonic()
+    await d.detach_disk(spec.id, disk.id)
+    unplugged = time.monotonic() - began
+    assert await compute.guest_sees_disk(spec.id, DISK_MIB, present=False)
+    await d.detach_disk(spec.id, disk.id)  # detaching a detached disk succeeds
+    assert await d.list_disks(spec.id) == []
+    assert await compute.guest_boots(spec.id) == 2
+    print(
+        f"\n[{type(d).__name__}] disk hot-plug {plugged * 1000:.0f} ms "
+        f"(seen by the guest after {seen:.2f} s), unplug {unplugged * 1000:.0f} ms"
+    )
+
+
+async def test_disks_attach_to_a_stopped_vm_and_failures_change_nothing(
+    compute: ComputeHarness,
+) -> None:
+    d = compute.driver
+    spec = await _stopped(compute)
+    first, second = await compute.make_disk(8), await compute.make_disk(8)
+    await d.attach_disk(spec.id, first)  # any backend: it is used at the next start
+    compute.faults.inject("attach_disk", resource_id=spec.id)
+    with pytest.raises(BackendFailure, match="injected"):
+        await d.attach_disk(spec.id, second)
+    assert await d.list_disks(spec.id) == [first]
+    for bad in ("root", "1abc", "a b", ""):
+        with pytest.raises(InvalidSpec):
+            await d.attach_disk(spec.id, replace(second, id=bad))
+    await d.detach_disk(spec.id, first.id)
+    assert await d.list_disks(spec.id) == []
+
+
+async def test_snapshots_of_a_stopped_vm_chain_and_names_are_unique(
+    compute: ComputeHarness,
+) -> None:
+    d = compute.driver
+    spec = await _stopped(compute)
+    first = await d.snapshot_disk(spec.id, "one")
+    second = await d.snapshot_disk(spec.id, "two")
+    assert second.frozen == first.active and second.active != first.active
+    with pytest.raises(InvalidSpec):
+        await d.snapshot_disk(spec.id, "one")
+    with pytest.raises(InvalidSpec):
+        await d.snapshot_disk(spec.id, "three", disk_id="data")
+    compute.faults.inject("snapshot_disk", resource_id=spec.id)
+    with pytest.raises(BackendFailure):
+        await d.snapshot_disk(spec.id, "three")
+    third = await d.snapshot_disk(spec.id, "three")  # the failed one left nothing behind
+    assert third.frozen == second.active
+
+
+async def test_nics_change_on_a_running_vm_with_hot_plug(compute: ComputeHarness) -> None:
+    d = compute.driver
+    spec = await _running(compute, nics=(_nic(1),))
+    more = replace(spec, nics=(_nic(1), _nic(2)), generation=2)
+    if not d.capabilities.hot_plug_nic:
+        with pytest.raises(InvalidState) as exc:
+            await d.ensure_vm(more)
+        _assert_invalid_state(exc, "running")
+        return
+    began = time.monotonic()
+    status = await d.ensure_vm(more)
+    plugged = time.monotonic() - began
+    assert (status.state, status.generation) == ("running", 2)
+    assert await compute.guest_sees_nic(spec.id, _nic(2).mac)
+    began = time.monotonic()
+    status = await d.ensure_vm(replace(spec, generation=3))
+    unplugged = time.monotonic() - began
+    assert (status.state, status.generation) == ("running", 3)
+    assert await compute.guest_sees_nic(spec.id, _nic(2).mac, present=False)
+    assert await compute.guest_sees_nic(spec.id, _nic(1).mac)
+    assert await compute.guest_boots(spec.id) == 1
+    print(
+        f"\n[{type(d).__name__}] NIC hot-plug {plugged * 1000:.0f} ms, "
+        f"unplug {unplugged * 1000:.0f} ms"
+    )
+
+
+# -- live migration ----------------------------------------------------------------------------
+
+
+async def test_live_migration_moves_a_running_vm_and_a_failed_one_stays(
+    compute: ComputeHarness,
+) -> None:
+    d = compute.driver
+    spec = await _running(compute, nics=(_nic(1),))
+    if not d.capabilities.live_migration:
+        with pytest.raises(NotSupported):
+            await d.migration_manifest(spec.id)
+        return
+    before = await d.get_vm(spec.id)
+    assert before is not None
+    assert await compute.guest_sees_nic(spec.id, _nic(1).mac)  # booted and answering
+    async with compute.second_host() as other:
+        # A target that gave up: the transfer fails, the VM keeps running here.
+        target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))
+        await other.driver.abort_incoming(spec.id)
+        await other.driver.abort_incoming(spec.id)  # nothing left: a no-op
+        with pytest.raises(BackendFailure):
+            await d.migrate_vm(spec.id, target, timeout=60)
+        assert await d.get_vm(spec.id) == before
+        # A failure during the transfer: cancelled, still running here, nothing there.
+        compute.faults.inject("migrate", resource_id=spec.id)
+        target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))
+        with pytest.raises(BackendFailure, match="injected"):
+            await d.migrate_vm(spec.id, target)
+        await other.driver.abort_incoming(spec.id)
+        assert await d.get_vm(spec.id) == before
+        assert await other.driver.list_vms() == []
+
+        # A migration while a client keeps asking the guest.
+        answered, lost, done = 0, 0, asyncio.Event()
+
+        async def poll() -> None:
+            nonlocal answered, lost
+            while not done.is_set():
+                if await compute.guest_answers(spec.id) or await other.guest_answers(spec.id):
+                    answered += 1
+                else:
+                    lost += 1
+                await asyncio.sleep(0.02)
+
+        poller = asyncio.ensure_future(poll())
+        try:
+            await asyncio.sleep(0.5)
+            seen: list[MigrationProgress] = []
+            target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))
+            result = await d.migrate_vm(
+                spec.id, target, downtime_limit_ms=100, progress=seen.append
+            )
+            status = await other.driver.finish_incoming(spec.id)
+            await asyncio.sleep(0.5)
+        finally:
+            done.set()
+            await poller
+        assert (status.state, status.started_at, status.generation) == (
+            "running",
+            before.started_at,
+            before.generation,
+        )
+        assert await d.get_vm(spec.id) is None and await _ids(compute) == []
+        assert [vm.id for vm in await other.driver.list_vms()] == [spec.id]
+        assert seen and seen[-1].status == "completed"
+        assert await other.guest_sees_nic(spec.id, _nic(1).mac)  # the same guest, not rebooted
+        assert await other.guest_boots(spec.id) == 1
+        print(
+            f"\n[{type(d).__name__}] migration {result.total_seconds:.2f} s, downtime "
+            f"{result.downtime_ms:.0f} ms, {result.transferred_bytes >> 20} MiB; requests: "
+            f"{answered} answered, {lost} lost"
+        )
+        assert lost <= 5, f"{lost} requests lost during the migration"
+        await other.driver.stop_vm(spec.id, timeout=30)  # the destination manages it fully
+
+
 # -- delete ----------------------------------------------------------------------------------
 
 
@@ -552,6 +759,10 @@ async def test_every_operation_on_a_missing_vm_raises_vm_not_found(
         d.resize_vm(missing, 2, 256, live=False),
         d.reinstall_vm(compute.spec(id=missing)),
         d.set_password(missing, DEFAULT_USER, "x-Password-1"),
+        d.attach_disk(missing, await compute.make_disk(1)),
+        d.detach_disk(missing, "disk-1"),
+        d.list_disks(missing),
+        d.snapshot_disk(missing, "snap1"),
     ]
     if d.capabilities.pause:
         calls += [d.pause_vm(missing), d.resume_vm(missing)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from altostack.drivers.compute.base import NicSpec, VmSpec
+from altostack.drivers.compute.base import DiskSpec, NicSpec, VmSpec
 from altostack.drivers.compute.local_images import LocalImageCache, sha256_file
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import (
@@ -213,6 +213,44 @@ def test_kvm_and_nics_change_the_command_line(tmp_path: Path) -> None:
     assert (netdev.get("restrict"), netdev.get("dhcpstart")) == ("on", "10.1.2.30")
     assert netdev.get("hostfwd") == "tcp:127.0.0.1:8080-:80"
     assert cmd.props("-device", "virtio-net-pci")[0].get("mac") == nic.mac
+
+
+def test_data_disks_slots_snapshots_and_incoming_change_the_command_line(
+    tmp_path: Path,
+) -> None:
+    nic = NicSpec(id="p1", mac="52:54:00:00:00:01", ip="10.1.2.30", network_id="n1")
+    disk = DiskSpec("disk-a", "/volumes/a.raw", "raw", read_only=True)
+    machine = _machine(
+        tmp_path,
+        nics=(NicForward(nic, None),),
+        disks=(disk,),
+        slots={"nic-p1": 6, "disk-disk-a": 5},
+        root_file=tmp_path / "vms" / "vm,1" / "root-s1.qcow2",
+        incoming=True,
+        run_as="alto-qemu",
+    )
+    cmd = build_command("qemu-system-x86_64", machine)
+    assert cmd.values("-runas") == ["alto-qemu"]
+    data = cmd.props("-device", "virtio-blk-pci")[2]
+    assert (data.get("id"), data.get("drive"), data.get("addr")) == (
+        "disk-disk-a",
+        "disk-disk-a",
+        "0x5",
+    )
+    nodes = {p.get("node-name"): p for p in cmd.props("-blockdev")}
+    assert nodes["disk-disk-a"].get("driver") == "raw"
+    assert nodes["disk-disk-a-file"].get("filename") == "/volumes/a.raw"
+    assert nodes["disk-disk-a-file"].get("read-only") == "on"
+    assert str(nodes["root-file"].get("filename")).endswith("root-s1.qcow2")
+    device = cmd.props("-device", "virtio-net-pci")[0]
+    assert (device.get("id"), device.get("netdev"), device.get("addr")) == (
+        "nic-p1",
+        "net-p1",
+        "0x6",
+    )
+    assert cmd.props("-netdev", "user")[0].get("id") == "net-p1"
+    # A migration destination waits for the state and starts by itself (no -S).
+    assert cmd.values("-incoming") == ["defer"] and not cmd.has("-S")
 
 
 def test_machine_help_names_the_versioned_type() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from altostack.agent.codec import host_info_to_dict, spec_from_dict, status_to_dict
+from altostack.agent.live_ops import live_handlers
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
@@ -164,4 +165,5 @@ class Agent:
             "delete_vm": delete,
             "list_vms": list_vms,
             "host_info": host_info,
+            **live_handlers(c),  # disks, snapshots, live migration
         }

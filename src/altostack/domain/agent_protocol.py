@@ -29,12 +29,21 @@ ACTIONS = frozenset(
 )
 
 
+LIVE_ACTIONS = frozenset(
+    {
+        "attach_disk", "detach_disk", "list_disks", "snapshot_disk", "migration_manifest",
+        "prepare_incoming", "migrate_vm", "finish_incoming", "abort_incoming",
+    }
+)  # fmt: skip
+"""Disks, snapshots and live migration (``altostack.agent.live_ops``)."""
+
+
 def agent_subject(host_id: str) -> str:
     return f"agent.{host_id}"
 
 
 def command(action: str, **fields: Any) -> dict[str, Any]:
-    if action not in ACTIONS:
+    if action not in ACTIONS and action not in LIVE_ACTIONS:
         raise ValueError(f"unknown agent action {action!r}")
     return {"action": action, **fields}
 

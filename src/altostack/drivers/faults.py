@@ -25,7 +25,8 @@ from altostack.drivers.errors import BackendFailure
 COMPUTE_OPERATIONS = frozenset(
     {
         "create", "start", "stop", "reboot", "resize", "reinstall", "set_password", "console",
-        "pause", "resume", "delete",
+        "pause", "resume", "delete", "attach_disk", "detach_disk", "snapshot_disk",
+        "migrate", "prepare_incoming",
     }
 )  # fmt: skip
 STORAGE_OPERATIONS = frozenset(

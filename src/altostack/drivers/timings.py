@@ -29,6 +29,9 @@ class SimTimings:
     console: float = 0.05
     pause: float = 0.1
     delete: float = 0.5
+    attach_disk: float = 0.2
+    snapshot_disk: float = 0.02
+    migrate: float = 1.0
     # storage
     create_volume: float = 0.5
     clone_volume: float = 0.2

@@ -22,10 +22,13 @@ Shared rules for every method:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Literal
+
+from altostack.drivers.errors import InvalidSpec, NotSupported
 
 PowerState = Literal["running", "stopped"]
 """What a spec may ask for."""
@@ -46,6 +49,82 @@ class NicSpec:
     mac: str
     ip: str
     network_id: str
+
+
+DiskFormat = Literal["qcow2", "raw"]
+DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+"""What a disk or snapshot id must look like (QEMU's rule for device and node names)."""
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A data disk to attach: an image file on the host (made by the storage layer).
+
+    ``id`` names the attachment (the volume id): it is what ``detach_disk`` takes and must
+    be a valid device name (a letter, then letters, digits, ``-``, ``_`` or ``.``).
+    """
+
+    id: str
+    path: str
+    format: DiskFormat = "qcow2"
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class DiskSnapshot:
+    """An external snapshot of a VM disk: ``frozen`` no longer changes, ``active`` takes
+    the writes from now on (a qcow2 overlay whose backing file is ``frozen``)."""
+
+    id: str
+    vm_id: str
+    disk_id: str
+    frozen: str
+    active: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MigrationManifest:
+    """What a destination needs to receive a VM: produced by the source, opaque, JSON-able.
+
+    It travels through the control plane between the two agents.
+    """
+
+    vm_id: str
+    source_host: str
+    data: Mapping[str, object] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class IncomingMigration:
+    """A destination ready to receive ``vm_id`` at ``uri`` (JSON-able, goes to the source)."""
+
+    vm_id: str
+    host: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One look at a migration under way (``status`` as QEMU names it)."""
+
+    status: str
+    transferred_bytes: int = 0
+    remaining_bytes: int = 0
+    total_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """How a finished migration went: wall time, and how long the guest was stopped."""
+
+    vm_id: str
+    total_seconds: float
+    downtime_ms: float
+    transferred_bytes: int
+
+
+ProgressCallback = Callable[[MigrationProgress], None]
 
 
 @dataclass(frozen=True)
@@ -159,15 +238,27 @@ class ComputeCapabilities:
     live_resize_memory: bool = False
     """Memory can be added to a running VM."""
     live_migration: bool = False
-    """Reserved for the migration work; no method uses it yet."""
+    """``prepare_incoming`` / ``migrate_vm`` move a running VM to another host."""
     hot_plug_disk: bool = False
-    """Reserved for disk attachment; no method uses it yet."""
+    """``attach_disk`` / ``detach_disk`` work on a running (or paused) VM."""
     hot_plug_nic: bool = False
     """``ensure_vm`` may change the NICs of a running VM."""
     pause: bool = False
     """``pause_vm`` / ``resume_vm`` work."""
     console: bool = False
     """``console`` returns a graphical console endpoint."""
+    live_disk_snapshot: bool = False
+    """``snapshot_disk`` works on a running (or paused) VM."""
+
+
+def check_disk_spec(disk: DiskSpec) -> None:
+    """An attachable disk: a device-name id and a known format."""
+    if not DEVICE_ID.fullmatch(disk.id) or disk.id in ("root", "seed"):
+        raise InvalidSpec(f"{disk.id!r} cannot name a disk")
+    if disk.format not in ("qcow2", "raw"):
+        raise InvalidSpec(f"disk format {disk.format!r} is not qcow2 or raw")
+    if not disk.path:
+        raise InvalidSpec(f"disk {disk.id!r} has no path")
 
 
 class ComputeDriver(abc.ABC):
@@ -305,3 +396,82 @@ class ComputeDriver(abc.ABC):
 
         Delete of a missing VM succeeds, so a retried delete is harmless.
         """
+
+    # -- disks -------------------------------------------------------------------------
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        """Attach a data disk; it stays attached across stops, starts and agent restarts.
+
+        - A stopped or crashed VM gets it at its next start; a running or paused VM gets it
+          at once (hot-plug), which needs ``hot_plug_disk`` (``NotSupported`` otherwise).
+        - Attaching the same spec again is a no-op; another disk under an attached id
+          raises ``InvalidSpec``, as does an id that cannot name a device.
+        - A failed attach leaves the VM as it was.
+        """
+        raise NotSupported("hot_plug_disk")
+
+    async def detach_disk(self, vm_id: str, disk_id: str, *, timeout: float = 30.0) -> None:
+        """Detach a data disk; detaching a disk that is not attached succeeds.
+
+        On a running VM (``hot_plug_disk`` needed) the guest is asked to release the
+        device and given ``timeout`` seconds (``DriverTimeout`` after that, the disk stays
+        attached). The disk's file is left alone.
+        """
+        raise NotSupported("hot_plug_disk")
+
+    async def list_disks(self, vm_id: str) -> list[DiskSpec]:
+        """The data disks attached to the VM (not the root disk), in attachment order."""
+        raise NotSupported("hot_plug_disk")
+
+    async def snapshot_disk(
+        self, vm_id: str, snapshot_id: str, *, disk_id: str = "root"
+    ) -> DiskSnapshot:
+        """Freeze the disk's current layer and continue on a new overlay (external snapshot).
+
+        Works on a stopped VM; on a running or paused one it needs ``live_disk_snapshot``,
+        and the VM keeps running. ``disk_id`` is ``"root"`` (data disks belong to the
+        storage layer's snapshots). A snapshot id already taken raises ``InvalidSpec``.
+        The overlay stays the active layer across restarts.
+        """
+        raise NotSupported("live_disk_snapshot")
+
+    # -- live migration ----------------------------------------------------------------
+
+    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
+        """What a destination needs to receive this running VM (``live_migration``)."""
+        raise NotSupported("live_migration")
+
+    async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
+        """Get ready to receive a VM: its resources are held, it is not listed yet.
+
+        ``InsufficientResources`` when it cannot run here, ``InvalidSpec`` when the VM
+        already exists here. Undo with :meth:`abort_incoming`.
+        """
+        raise NotSupported("live_migration")
+
+    async def migrate_vm(
+        self,
+        vm_id: str,
+        target: IncomingMigration,
+        *,
+        downtime_limit_ms: int = 300,
+        timeout: float = 600.0,
+        progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        """Move a running VM to ``target`` while it keeps running.
+
+        ``progress`` is called with each look at the transfer. On success the VM is gone
+        from this host (its process ended, its record removed); the destination then
+        :meth:`finish_incoming`. On failure (or ``timeout``) the transfer is cancelled,
+        the VM stays running here and the error is raised; the destination should
+        :meth:`abort_incoming`. Needs a running VM (``InvalidState`` otherwise).
+        """
+        raise NotSupported("live_migration")
+
+    async def finish_incoming(self, vm_id: str) -> VmStatus:
+        """The migration into this host succeeded: the VM is now this host's, running."""
+        raise NotSupported("live_migration")
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        """Give up receiving ``vm_id``: nothing of it remains here (a no-op if nothing)."""
+        raise NotSupported("live_migration")

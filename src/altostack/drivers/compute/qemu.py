@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -36,18 +37,27 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from altostack.drivers.compute.base import (
+    DEVICE_ID,
     Accel,
     ComputeCapabilities,
     ComputeDriver,
     ConsoleEndpoint,
+    DiskSnapshot,
+    DiskSpec,
     HostInfo,
+    IncomingMigration,
+    MigrationManifest,
+    MigrationResult,
+    ProgressCallback,
     StoppedBy,
     VmSpec,
     VmState,
     VmStatus,
+    check_disk_spec,
 )
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_cmdline import (
@@ -56,17 +66,30 @@ from altostack.drivers.compute.qemu_cmdline import (
     QemuMachine,
     VmPaths,
     build_command,
+    disk_ids,
+    nic_ids,
     parse_machine_help,
+)
+from altostack.drivers.compute.qemu_devices import (
+    plug_disk,
+    plug_nic,
+    snapshot_root,
+    unplug_disk,
+    unplug_nic,
 )
 from altostack.drivers.compute.qemu_host import (
     GIB,
+    RunAs,
     detect_accel,
     disk_gib,
     host_arch,
     host_cores,
     host_memory_mib,
+    lookup_user,
     qemu_binary,
+    traversable_by,
 )
+from altostack.drivers.compute.qemu_migration import migrate
 from altostack.drivers.compute.qemu_process import (
     Qmp,
     kill_and_wait,
@@ -105,8 +128,17 @@ from altostack.drivers.faults import FaultInjector
 
 __all__ = ["QEMU_CAPABILITIES", "LocalImageCache", "QemuComputeDriver"]
 
-QEMU_CAPABILITIES = ComputeCapabilities(pause=True, console=True)
-"""No CPU/memory hot-add, disk/NIC hot-plug or migration yet: those need a restart."""
+QEMU_CAPABILITIES = ComputeCapabilities(
+    pause=True,
+    console=True,
+    hot_plug_disk=True,
+    hot_plug_nic=True,
+    live_disk_snapshot=True,
+    live_migration=True,
+)
+"""No CPU/memory hot-add yet: a resize needs a restart."""
+UNPLUG_TIMEOUT = 30.0
+"""Seconds a guest gets to release a NIC that ``ensure_vm`` removes from a running VM."""
 
 POWERDOWN_RETRY = 1.0
 """Seconds between ACPI power button presses during a graceful stop (an early-booting
@@ -114,6 +146,7 @@ guest misses the first press, as on real hardware)."""
 CTRL_ALT_DEL_RETRY = 2.0
 VNC_BASE_PORT = 5900
 VNC_PORTS = 10000
+VNC_RETRIES = 5
 
 _PAUSED_RUNSTATES = frozenset(
     {"paused", "suspended", "io-error", "debug", "watchdog", "inmigrate", "postmigrate",
@@ -154,6 +187,7 @@ class QemuComputeDriver(ComputeDriver):
         binary: str | None = None,
         soft_reboot_timeout: float = 30.0,
         forward_http: bool = True,
+        run_as: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.vms_dir = self.state_dir / "vms"
@@ -167,6 +201,9 @@ class QemuComputeDriver(ComputeDriver):
         self.binary = binary or qemu_binary(self.arch)
         self.soft_reboot_timeout = soft_reboot_timeout
         self.forward_http = forward_http
+        self.run_as: RunAs | None = None
+        if run_as is not None:
+            self.run_as = self._check_run_as(run_as)
         self._locks: dict[str, asyncio.Lock] = {}
         self._status_locks: dict[str, asyncio.Lock] = {}
         self._host_lock = asyncio.Lock()
@@ -257,7 +294,7 @@ class QemuComputeDriver(ComputeDriver):
 
     async def _observe(self, vm_id: str, *, tidy: bool) -> _Observed | None:
         paths = self.paths(vm_id)
-        if paths.creating.exists():
+        if paths.creating.exists() or paths.incoming.exists():
             return None
         record = load_record(paths.record)
         if record is None:
@@ -349,6 +386,10 @@ class QemuComputeDriver(ComputeDriver):
             raise InvalidSpec(f"{spec.id!r} cannot be a VM id on this host") from None
         async with self._lock(spec.id):
             observed = await self._observe(spec.id, tidy=True)
+            if observed is None and self.paths(spec.id).incoming.exists():
+                raise BackendFailure(
+                    f"{spec.id} is being received by a live migration (finish or abort it)"
+                )
             if observed is None:
                 self._purge(self.paths(spec.id))  # left over by a create that died midway
                 observed = await self._create(spec)
@@ -368,16 +409,19 @@ class QemuComputeDriver(ComputeDriver):
         self._check_disk(spec.root_disk_gib, excluding=spec.id)
         paths = self.paths(spec.id)
         paths.dir.mkdir(mode=0o700, parents=True)
+        self._give(paths.dir)
         paths.creating.touch()
         try:
             await self._check_image_fits(spec.image_id, spec.root_disk_gib)
             self.faults.check("create", spec.id)
             await self._make_root_disk(base, paths.root_disk, spec.root_disk_gib)
+            self._give(paths.root_disk)
             record = VmRecord.from_spec(
                 spec, machine_type=await self._machine_type(), accel=self.accel
             )
             seed = self._seed(spec, record)
             await build_seed_iso(seed, paths.seed_iso(record.seed_serial))
+            self._give(paths.seed_iso(record.seed_serial))
             save_seed_json(seed, paths.seed_json)
             save_record(paths.record, record)
             append_event(paths.events, "create")
@@ -408,6 +452,7 @@ class QemuComputeDriver(ComputeDriver):
             observed = await self._power_off(observed, timeout=stop_timeout, force=False)
         if observed.state in ("running", "paused"):
             self._check_live_change(observed, spec)
+            await self._sync_nics(observed, spec)
             if observed.state == "paused" and want_running:
                 observed = await self._resume(observed)
         else:
@@ -428,8 +473,6 @@ class QemuComputeDriver(ComputeDriver):
         problems = []
         if tuple(record.gpus) != spec.gpus:
             problems.append("GPUs can only change while it is stopped")
-        if tuple(record.nics) != spec.nics:
-            problems.append("NICs can only change while it is stopped on this host")
         if spec.vcpus < record.vcpus or spec.memory_mib < record.memory_mib:
             problems.append("a running VM cannot lose vCPUs or memory")
         elif spec.vcpus > record.vcpus:
@@ -543,11 +586,13 @@ class QemuComputeDriver(ComputeDriver):
             self._reserved_ports.add(vnc_port)
         try:
             record.vnc_port, record.http_ports = vnc_port, http_ports
+            record.root_node = "root"
+            _layout(record)
             for stale in (paths.qmp_socket, paths.status_socket, paths.serial_socket):
                 stale.unlink(missing_ok=True)
             paths.pidfile.unlink(missing_ok=True)
             console_at = _size(paths.console_log)
-            await launch(build_command(binary, self._machine(record)).argv)
+            await self._launch(binary, record)
             async with self._qmp(paths, record.id) as qmp:
                 self.faults.check("start", record.id)
                 # Nobody knows this password: the console opens only through console().
@@ -721,9 +766,11 @@ class QemuComputeDriver(ComputeDriver):
                 if observed.pid is not None:
                     await self._quit(paths, observed.pid)
                 await self._make_root_disk(base, new_disk, spec.root_disk_gib)
+                self._give(new_disk)
                 record.install_serial += 1
                 seed = self._seed(spec, record)
                 await build_seed_iso(seed, new_iso)
+                self._give(new_iso)
             except BaseException:
                 new_disk.unlink(missing_ok=True)
                 new_iso.unlink(missing_ok=True)
@@ -731,6 +778,9 @@ class QemuComputeDriver(ComputeDriver):
                 raise
             save_seed_json(seed, paths.seed_json)
             os.replace(new_disk, paths.root_disk)
+            for layer in record.root_layers[1:]:
+                (paths.dir / layer).unlink(missing_ok=True)
+            record.root_layers, record.root_node = [paths.root_disk.name], "root"
             old_serial, record.seed_serial = record.seed_serial, serial
             record.vcpus, record.memory_mib = spec.vcpus, spec.memory_mib
             record.root_disk_gib, record.image_id, record.arch = (
@@ -757,6 +807,7 @@ class QemuComputeDriver(ComputeDriver):
             new_iso = paths.seed_iso(new)
             try:
                 await build_seed_iso(seed, new_iso)
+                self._give(new_iso)
                 if observed.pid is not None:
                     await self._swap_seed(paths, vm_id, old, new)
             except BaseException:
@@ -818,6 +869,294 @@ class QemuComputeDriver(ComputeDriver):
         self._locks.pop(vm_id, None)
         self._status_locks.pop(vm_id, None)
 
+    # -- NICs, disks, snapshots --------------------------------------------------------------
+
+    async def _sync_nics(self, observed: _Observed, spec: VmSpec) -> None:
+        """Hot-plug the NICs ``spec`` adds and unplug the ones it drops (running VM)."""
+        record, paths = observed.record, self.paths(observed.record.id)
+        old = list(record.nics)
+        ports: dict[str, int] = dict(zip((n.id for n in old), record.http_ports, strict=False))
+        removed = [n for n in old if n not in spec.nics]
+        added = [n for n in spec.nics if n not in old]
+        if not removed and not added:
+            return
+        async with self._qmp(paths, record.id) as qmp:
+            for nic in removed:
+                await unplug_nic(qmp, NicForward(nic, ports.get(nic.id)), timeout=UNPLUG_TIMEOUT)
+                record.nics.remove(nic)
+                record.release_slot(nic_ids(nic)[0])
+                ports.pop(nic.id, None)
+                self._save_nics(record, ports)
+                append_event(paths.events, f"unplug nic {nic.id}")
+            for nic in added:
+                port = _free_port() if self.forward_http else None
+                device = nic_ids(nic)[0]
+                record.slot(device)
+                try:
+                    await plug_nic(qmp, NicForward(nic, port), record.pci_slots)
+                except BaseException:
+                    record.release_slot(device)
+                    raise
+                record.nics.append(nic)
+                if port is not None:
+                    ports[nic.id] = port
+                self._save_nics(record, ports)
+                append_event(paths.events, f"plug nic {nic.id}")
+        record.nics = list(spec.nics)
+        self._save_nics(record, ports)
+
+    def _save_nics(self, record: VmRecord, ports: dict[str, int]) -> None:
+        record.http_ports = [ports[n.id] for n in record.nics if n.id in ports]
+        if len(record.http_ports) != len(record.nics):
+            record.http_ports = []
+        save_record(self.paths(record.id).record, record)
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            check_disk_spec(disk)
+            record, paths = observed.record, self.paths(vm_id)
+            for attached in record.disks:
+                if attached.id == disk.id:
+                    if attached == disk:
+                        return
+                    raise InvalidSpec(f"{vm_id} already has another disk {disk.id!r}")
+            if not _is_file(disk.path):
+                raise InvalidSpec(f"disk {disk.id}: {disk.path} is not a file on {self.hostname}")
+            self._give(Path(disk.path))
+            device = disk_ids(disk)[0]
+            try:
+                record.slot(device)
+            except ValueError:
+                raise InsufficientResources(f"{vm_id} has no free PCI slot left") from None
+            try:
+                if self._live(observed):
+                    async with self._qmp(paths, vm_id) as qmp:
+                        self.faults.check("attach_disk", vm_id)
+                        await plug_disk(qmp, disk, record.pci_slots)
+                else:
+                    self.faults.check("attach_disk", vm_id)
+            except BaseException:
+                record.release_slot(device)
+                raise
+            record.disks.append(disk)
+            save_record(paths.record, record)
+            append_event(paths.events, f"attach {disk.id}")
+
+    async def detach_disk(self, vm_id: str, disk_id: str, *, timeout: float = 30.0) -> None:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            record, paths = observed.record, self.paths(vm_id)
+            disk = next((d for d in record.disks if d.id == disk_id), None)
+            if disk is None:
+                return
+            if self._live(observed):
+                async with self._qmp(paths, vm_id) as qmp:
+                    self.faults.check("detach_disk", vm_id)
+                    await unplug_disk(qmp, disk, timeout=timeout)
+            else:
+                self.faults.check("detach_disk", vm_id)
+            record.disks.remove(disk)
+            record.release_slot(disk_ids(disk)[0])
+            save_record(paths.record, record)
+            append_event(paths.events, f"detach {disk.id}")
+
+    async def list_disks(self, vm_id: str) -> list[DiskSpec]:
+        observed = await self._look(vm_id)
+        if observed is None:
+            raise VmNotFound(vm_id)
+        return list(observed.record.disks)
+
+    async def snapshot_disk(
+        self, vm_id: str, snapshot_id: str, *, disk_id: str = "root"
+    ) -> DiskSnapshot:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            if disk_id != "root":
+                raise InvalidSpec(f"only the root disk of {vm_id} has driver snapshots")
+            if not DEVICE_ID.fullmatch(snapshot_id):
+                raise InvalidSpec(f"{snapshot_id!r} cannot name a snapshot")
+            record, paths = observed.record, self.paths(vm_id)
+            layer = f"root-{snapshot_id}.qcow2"
+            overlay = paths.dir / layer
+            if layer in record.root_layers or overlay.exists():
+                raise InvalidSpec(f"{vm_id} already has snapshot {snapshot_id!r}")
+            frozen = record.root_layers[-1]
+            new_node = f"root-{len(record.root_layers)}"
+            live = self._live(observed)
+            try:
+                await _make_overlay(frozen, overlay, record.root_disk_gib)
+                self._give(overlay)
+                self.faults.check("snapshot_disk", vm_id)
+                if live:
+                    async with self._qmp(paths, vm_id) as qmp:
+                        await snapshot_root(qmp, record.root_node, str(overlay), new_node)
+            except BaseException:
+                overlay.unlink(missing_ok=True)
+                raise
+            record.root_layers.append(layer)
+            if live:
+                record.root_node = new_node
+            save_record(paths.record, record)
+            append_event(paths.events, f"snapshot {snapshot_id}")
+            return DiskSnapshot(
+                snapshot_id, vm_id, "root", str(paths.dir / frozen), str(overlay), datetime.now(UTC)
+            )
+
+    @staticmethod
+    def _live(observed: _Observed) -> bool:
+        return observed.pid is not None and observed.state in ("running", "paused")
+
+    # -- live migration --------------------------------------------------------------------
+
+    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            self._require_state(observed, "running")
+            record, paths = observed.record, self.paths(vm_id)
+            files = [*record.root_layers, paths.seed_iso(record.seed_serial).name]
+            data = {
+                "record": json.loads(record.to_json()),
+                "source_dir": str(paths.dir),
+                "files": files,
+            }
+            return MigrationManifest(vm_id, self.hostname, data)
+
+    async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
+        vm_id = manifest.vm_id
+        try:
+            paths = self.paths(vm_id)
+        except VmNotFound:
+            raise InvalidSpec(f"{vm_id!r} cannot be a VM id on this host") from None
+        async with self._lock(vm_id):
+            if paths.record.exists() and not paths.incoming.exists():
+                raise InvalidSpec(f"{vm_id} already exists on {self.hostname}")
+            self._purge(paths)  # an abandoned earlier attempt
+            record = VmRecord.from_json(json.dumps(manifest.data["record"]))
+            self._check_arch(record.arch)
+            if record.accel != self.accel:
+                raise InvalidSpec(
+                    f"{vm_id} runs under {record.accel}; {self.hostname} uses {self.accel}"
+                )
+            source = Path(str(manifest.data["source_dir"]))
+            files = [str(f) for f in manifest.data["files"]]  # type: ignore[attr-defined]
+            binary = self._binary()
+            paths.dir.mkdir(mode=0o700, parents=True)
+            self._give(paths.dir)
+            paths.incoming.touch()
+            try:
+                port = await self._receive(paths, record, source, files, binary)
+            except BaseException:
+                self._purge(paths)
+                raise
+            return IncomingMigration(vm_id, self.hostname, f"tcp:{self.console_host}:{port}")
+
+    async def _receive(
+        self, paths: VmPaths, record: VmRecord, source: Path, files: list[str], binary: str
+    ) -> int:
+        """Take the disks over (hard links: same inodes, shared storage on one machine) and
+        start a QEMU waiting for the state; the port it listens on."""
+        for name in files:
+            try:
+                os.link(source / name, paths.dir / name)
+            except OSError as exc:
+                raise NotSupported(
+                    "live migration without shared storage",
+                    f"cannot share {source / name} with {self.hostname}: {exc}",
+                ) from exc
+        for name in (paths.events.name, paths.console_log.name, paths.seed_json.name):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy2(source / name, paths.dir / name)
+        self.faults.check("prepare_incoming", record.id)
+        async with self._host_lock:
+            self._check_memory(record.id, record.memory_mib)
+            vnc_port = self._pick_vnc_port()
+            http_ports = [_free_port() for _ in record.nics] if self.forward_http else []
+            self._booting[record.id] = record.memory_mib
+            self._reserved_ports.add(vnc_port)
+        try:
+            record.vnc_port, record.http_ports, record.root_node = vnc_port, http_ports, "root"
+            record.power, record.stopped_by = "running", None
+            save_record(paths.record, record)
+            await self._launch(binary, record, incoming=True)
+            port = _free_port()
+            async with self._qmp(paths, record.id) as qmp:
+                await qmp.execute(
+                    "set_password", {"protocol": "vnc", "password": secrets.token_urlsafe(6)}
+                )
+                await qmp.execute("migrate-incoming", {"uri": f"tcp:{self.console_host}:{port}"})
+            return port
+        finally:
+            self._booting.pop(record.id, None)
+            self._reserved_ports.discard(vnc_port)
+
+    async def migrate_vm(
+        self,
+        vm_id: str,
+        target: IncomingMigration,
+        *,
+        downtime_limit_ms: int = 300,
+        timeout: float = 600.0,
+        progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        began = time.monotonic()
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            self._require_state(observed, "running")
+            paths = self.paths(vm_id)
+            async with self._qmp(paths, vm_id) as qmp:
+                info = await migrate(
+                    qmp,
+                    target.uri,
+                    downtime_limit_ms=downtime_limit_ms,
+                    timeout=timeout,
+                    progress=progress,
+                    fault=lambda: self.faults.check("migrate", vm_id),
+                )
+            # The guest runs on the destination now: end this QEMU, forget the VM here.
+            if observed.pid is not None:
+                await self._quit(paths, observed.pid)
+            shutil.rmtree(paths.dir, ignore_errors=True)
+        self._locks.pop(vm_id, None)
+        self._status_locks.pop(vm_id, None)
+        ram = info.get("ram", {})
+        return MigrationResult(
+            vm_id,
+            total_seconds=time.monotonic() - began,
+            downtime_ms=float(info.get("downtime", 0)),
+            transferred_bytes=int(ram.get("transferred", 0)),
+        )
+
+    async def finish_incoming(self, vm_id: str) -> VmStatus:
+        async with self._lock(vm_id):
+            paths = self.paths(vm_id)
+            record = load_record(paths.record)
+            if not paths.incoming.exists() or record is None:
+                raise VmNotFound(vm_id)
+            deadline = time.monotonic() + 30.0
+            while True:
+                pid = live_pid(paths.pidfile, str(paths.dir))
+                if pid is None:
+                    raise BackendFailure(f"the QEMU receiving {vm_id} is gone")
+                runstate = await self._runstate(paths, vm_id)
+                if runstate == "running":
+                    break
+                if time.monotonic() > deadline:
+                    raise BackendFailure(f"{vm_id} did not start after its migration: {runstate}")
+                await asyncio.sleep(0.02)
+            paths.incoming.unlink()
+            append_event(paths.events, "migrate-in")
+            return self._status(self._classify(record, pid, runstate))
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        try:
+            paths = self.paths(vm_id)
+        except VmNotFound:
+            return
+        async with self._lock(vm_id):
+            if paths.incoming.exists():
+                self._purge(paths)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _lock(self, vm_id: str) -> asyncio.Lock:
@@ -846,9 +1185,14 @@ class QemuComputeDriver(ComputeDriver):
             self._machine_type_cache = parse_machine_help(out.decode(errors="replace")) or "pc"
         return self._machine_type_cache
 
-    def _machine(self, record: VmRecord) -> QemuMachine:
+    def _machine(self, record: VmRecord, *, incoming: bool = False) -> QemuMachine:
         paths = self.paths(record.id)
         return QemuMachine(
+            root_file=paths.dir / record.root_layers[-1],
+            disks=tuple(record.disks),
+            slots=dict(record.pci_slots),
+            incoming=incoming,
+            run_as=None if self.run_as is None else self.run_as.name,
             vm_id=record.id,
             paths=paths,
             vcpus=record.vcpus,
@@ -864,6 +1208,43 @@ class QemuComputeDriver(ComputeDriver):
                 for i, nic in enumerate(record.nics)
             ),
         )
+
+    async def _launch(self, binary: str, record: VmRecord, *, incoming: bool = False) -> None:
+        """Launch QEMU; when another process took the VNC port since it was picked (other
+        agents and test runs share the host), pick another and try again."""
+        for attempt in range(VNC_RETRIES):
+            try:
+                await launch(build_command(binary, self._machine(record, incoming=incoming)).argv)
+                return
+            except BackendFailure as exc:
+                if "-vnc" not in exc.message or attempt == VNC_RETRIES - 1:
+                    raise
+            self._end_leftover(self.paths(record.id))
+            async with self._host_lock:
+                taken = record.vnc_port
+                if taken is not None:
+                    self._reserved_ports.add(taken)
+                try:
+                    record.vnc_port = self._pick_vnc_port()
+                finally:
+                    if taken is not None:
+                        self._reserved_ports.discard(taken)
+
+    def _check_run_as(self, name: str) -> RunAs:
+        user = lookup_user(name)
+        if user is None:
+            raise InvalidSpec(f"no user {name!r} on {self.hostname} for QEMU to run as")
+        if not traversable_by(self.vms_dir, user):
+            raise InvalidSpec(
+                f"{name} cannot reach {self.vms_dir}: QEMU opens files there after it drops "
+                "its privileges (give the directories on the way the x bit for others)"
+            )
+        return user
+
+    def _give(self, path: Path) -> None:
+        """Hand a file QEMU may open after dropping privileges (``-runas``) to its user."""
+        if self.run_as is not None:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
 
     def _check_arch(self, arch: str) -> None:
         if arch != self.arch:
@@ -946,6 +1327,37 @@ class QemuComputeDriver(ComputeDriver):
         """Remove everything of a VM now (clean-up paths: works even when cancelled)."""
         self._end_leftover(paths)
         shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+def _layout(record: VmRecord) -> None:
+    """PCI slots for every NIC and data disk (kept ones stay), none for removed ones."""
+    devices = [nic_ids(n)[0] for n in record.nics] + [disk_ids(d)[0] for d in record.disks]
+    for stale in set(record.pci_slots) - set(devices):
+        record.release_slot(stale)
+    for device in devices:
+        record.slot(device)
+
+
+async def _make_overlay(backing_name: str, target: Path, size_gib: int) -> None:
+    """A qcow2 overlay naming its backing file relatively (resolved in its own directory).
+
+    ``-u``: the backing file is not opened (a running QEMU holds its write lock).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing_name, "-F", "qcow2",
+        str(target), f"{size_gib}G",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackendFailure(f"qemu-img create failed: {err.decode(errors='replace')}")
+    os.chmod(target, 0o600)
+
+
+def _is_file(path: str) -> bool:
+    return Path(path).is_file()
 
 
 def _size(path: Path) -> int:

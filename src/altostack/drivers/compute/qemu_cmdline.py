@@ -29,11 +29,12 @@ Choices (see docs/qemu.md):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from altostack.drivers.compute.base import Accel, NicSpec
+from altostack.drivers.compute.base import Accel, DiskSpec, NicSpec
 
 SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
 TCG_TB_SIZE_MIB = 32
@@ -140,7 +141,13 @@ class VmPaths:
 
     @property
     def root_disk(self) -> Path:
+        """The base of the root disk's chain (live snapshots add overlays on it)."""
         return self.dir / "root.qcow2"
+
+    @property
+    def incoming(self) -> Path:
+        """Present while the VM is being received by a live migration: not listed yet."""
+        return self.dir / ".incoming"
 
     @property
     def seed_json(self) -> Path:
@@ -197,6 +204,15 @@ class QemuMachine:
     vnc_port: int | None = None
     nics: tuple[NicForward, ...] = ()
     extra: tuple[QemuOption, ...] = field(default=())
+    root_file: Path | None = None
+    """The active layer of the root disk (default ``paths.root_disk``)."""
+    disks: tuple[DiskSpec, ...] = ()
+    slots: Mapping[str, int] = field(default_factory=dict)
+    """PCI slot per device id (NICs and data disks); unlisted devices get QEMU's choice."""
+    incoming: bool = False
+    """Wait for a live migration (``-incoming defer``) instead of booting."""
+    run_as: str | None = None
+    """The unprivileged user QEMU switches to once it opened its files (``-runas``)."""
 
 
 def _slirp_net(nic: NicSpec) -> dict[str, str]:
@@ -212,15 +228,81 @@ def _slirp_net(nic: NicSpec) -> dict[str, str]:
     return {"net": str(net), "dhcpstart": str(ip)}
 
 
-def _nic_options(index: int, forward: NicForward) -> Iterator[QemuOption]:
-    netdev: dict[str, str | int | bool | Path] = {"id": f"net{index}", "restrict": True}
-    netdev.update(_slirp_net(forward.nic))
+def nic_ids(nic: NicSpec) -> tuple[str, str]:
+    """The QEMU ids of a NIC: (device, netdev), derived from the port id so hot-plug can
+    address them."""
+    return f"nic-{nic.id}", f"net-{nic.id}"
+
+
+def disk_ids(disk: DiskSpec) -> tuple[str, str, str]:
+    """The QEMU ids of a data disk: (device, format node, file node)."""
+    return f"disk-{disk.id}", f"disk-{disk.id}", f"disk-{disk.id}-file"
+
+
+def _addr(slots: Mapping[str, int], device_id: str) -> dict[str, str]:
+    slot = slots.get(device_id)
+    return {} if slot is None else {"addr": f"0x{slot:x}"}
+
+
+def nic_netdev_args(forward: NicForward) -> dict[str, Any]:
+    """The NIC's user-mode backend, as QMP ``netdev_add`` arguments."""
+    _, netdev = nic_ids(forward.nic)
+    args: dict[str, Any] = {"type": "user", "id": netdev, "restrict": True}
+    args.update(_slirp_net(forward.nic))
     if forward.http_port is not None:
-        netdev["hostfwd"] = f"tcp:127.0.0.1:{forward.http_port}-:80"
-    yield QemuOption("-netdev", Props.of("user", **netdev))
+        args["hostfwd"] = [{"str": f"tcp:127.0.0.1:{forward.http_port}-:80"}]
+    return args
+
+
+def nic_device_args(nic: NicSpec, slots: Mapping[str, int]) -> dict[str, Any]:
+    """The NIC's ``virtio-net-pci`` device, as QMP ``device_add`` arguments."""
+    device, netdev = nic_ids(nic)
+    return {"driver": "virtio-net-pci", "id": device, "netdev": netdev, "mac": nic.mac,
+            **_addr(slots, device)}  # fmt: skip
+
+
+def disk_blockdev_args(disk: DiskSpec) -> list[dict[str, Any]]:
+    """The disk's file and format nodes, as QMP ``blockdev-add`` arguments (in order)."""
+    _, node, file_node = disk_ids(disk)
+    return [
+        {"driver": "file", "node-name": file_node, "filename": disk.path,
+         "read-only": disk.read_only},
+        {"driver": disk.format, "node-name": node, "file": file_node,
+         "read-only": disk.read_only},
+    ]  # fmt: skip
+
+
+def disk_device_args(disk: DiskSpec, slots: Mapping[str, int]) -> dict[str, Any]:
+    device, node, _ = disk_ids(disk)
+    return {"driver": "virtio-blk-pci", "id": device, "drive": node, **_addr(slots, device)}
+
+
+def _props(head: str | None, args: Mapping[str, Any], *, skip: Iterable[str] = ()) -> Props:
+    items: list[tuple[str, str]] = []
+    for key, value in args.items():
+        if key in skip:
+            continue
+        if isinstance(value, bool):
+            items.append((key, "on" if value else "off"))
+        elif isinstance(value, list):
+            items += [(key, str(v["str"])) for v in value]
+        else:
+            items.append((key, str(value)))
+    return Props(head, tuple(items))
+
+
+def _nic_options(forward: NicForward, slots: Mapping[str, int]) -> Iterator[QemuOption]:
+    yield QemuOption("-netdev", _props("user", nic_netdev_args(forward), skip=("type",)))
     yield QemuOption(
-        "-device",
-        Props.of("virtio-net-pci", id=f"nic{index}", netdev=f"net{index}", mac=forward.nic.mac),
+        "-device", _props("virtio-net-pci", nic_device_args(forward.nic, slots), skip=("driver",))
+    )
+
+
+def _disk_options(disk: DiskSpec, slots: Mapping[str, int]) -> Iterator[QemuOption]:
+    for args in disk_blockdev_args(disk):
+        yield QemuOption("-blockdev", _props(None, args))
+    yield QemuOption(
+        "-device", _props("virtio-blk-pci", disk_device_args(disk, slots), skip=("driver",))
     )
 
 
@@ -245,10 +327,13 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
     add("-m", Props.of(None, size=f"{m.memory_mib}M"))
     add("-sandbox", SANDBOX)
     add("-daemonize")
+    if m.run_as is not None:
+        add("-runas", m.run_as)
     p = m.paths
     add("-pidfile", str(p.pidfile))
     add("-no-shutdown")
-    add("-S")
+    if not m.incoming:
+        add("-S")  # a migration destination starts by itself once the state arrived
     add("-msg", Props.of(None, timestamp=True))
     add("-qmp", Props.of(f"unix:{p.qmp_socket}", server=True, wait=False))
     add("-qmp", Props.of(f"unix:{p.status_socket}", server=True, wait=False))
@@ -269,7 +354,8 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
     if m.vnc_port is not None:
         add("-vnc", Props.of(f"{m.vnc_host}:{m.vnc_port - 5900}", password=True))
         add("-device", Props.of("VGA", id="video0"))
-    add("-blockdev", Props.of(None, driver="file", node_name="root-file", filename=p.root_disk))
+    root_file = m.root_file or p.root_disk
+    add("-blockdev", Props.of(None, driver="file", node_name="root-file", filename=root_file))
     add("-blockdev", Props.of(None, driver="qcow2", node_name="root", file="root-file"))
     add("-device", Props.of("virtio-blk-pci", id="root-disk", drive="root", bootindex=0))
     if m.seed_iso is not None:
@@ -284,12 +370,16 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
             Props.of(None, driver="raw", node_name="seed", file=m.seed_node, read_only=True),
         )
         add("-device", Props.of("virtio-blk-pci", id="seed-disk", drive="seed"))
+    for disk in m.disks:
+        opts.extend(_disk_options(disk, m.slots))
     if m.nics:
-        for index, forward in enumerate(m.nics):
-            opts.extend(_nic_options(index, forward))
+        for forward in m.nics:
+            opts.extend(_nic_options(forward, m.slots))
     else:
         add("-nic", "none")
     add("-device", Props.of("pvpanic", id="pvpanic0"))
+    if m.incoming:
+        add("-incoming", "defer")
     opts.extend(m.extra)
     return QemuCommand(binary, tuple(opts))
 

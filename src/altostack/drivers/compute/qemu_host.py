@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import platform
+import pwd
 import re
 import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from altostack.drivers.compute.base import Accel
@@ -60,3 +65,66 @@ def disk_gib(path: Path) -> int:
 def qemu_binary(arch: str) -> str | None:
     """The ``qemu-system-<arch>`` on PATH, or None."""
     return shutil.which(f"qemu-system-{arch}")
+
+
+QEMU_USER = "alto-qemu"
+"""The unprivileged user QEMU drops to (``-runas``) when the agent runs as root."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+
+
+def lookup_user(name: str) -> RunAs | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return RunAs(name, entry.pw_uid, entry.pw_gid)
+
+
+def ensure_qemu_user(name: str = QEMU_USER) -> RunAs | None:
+    """The dedicated user for QEMU, created when absent (a system user with its own group,
+    no home, no login shell, in group ``kvm`` if there is one). None when this process is
+    not root (QEMU then runs as the agent's user) or the user cannot be made."""
+    if os.geteuid() != 0:
+        return None
+    found = lookup_user(name)
+    if found is not None:
+        return found
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        return None
+    try:
+        grp.getgrnam("kvm")
+        groups = ["--groups", "kvm"]
+    except KeyError:
+        groups = []
+    subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", *groups, name],
+        check=False, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return lookup_user(name)
+
+
+def traversable_by(path: Path, user: RunAs) -> bool:
+    """Whether ``user`` may pass through every directory down to ``path`` (execute bit
+    of the owner, group or others, as applies; supplementary groups are not counted)."""
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except OSError:
+            return False
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from altostack.drivers.compute.base import Accel, NicSpec, StoppedBy, VmSpec
+from altostack.drivers.compute.base import Accel, DiskSpec, NicSpec, StoppedBy, VmSpec
 
 PowerIntent = Literal["running", "stopping", "stopped"]
 
@@ -57,6 +57,34 @@ class VmRecord:
     install_serial: int = 1
     """1 + the number of reinstalls; part of the seed's instance-id."""
     created_at: str = field(default_factory=now_iso)
+    disks: list[DiskSpec] = field(default_factory=list)
+    """Attached data disks (hot-plugged or not), in attachment order."""
+    root_layers: list[str] = field(default_factory=lambda: ["root.qcow2"])
+    """The root disk's chain in the VM directory, base first; the last takes the writes
+    (each overlay names the one before by a relative backing path)."""
+    root_node: str = "root"
+    """The block node of the active root layer in the running QEMU (changes with live
+    snapshots; ``root`` after every start)."""
+    pci_slots: dict[str, int] = field(default_factory=dict)
+    """Fixed PCI slots of NICs and data disks (device id -> slot), so a cold start and a
+    migration destination lay the devices out as hot-plug left them."""
+
+    FIRST_SLOT = 5
+    """Slots 0-4 hold the host bridge, the ISA bridge, VGA, root and seed disks."""
+    LAST_SLOT = 31
+
+    def slot(self, device_id: str) -> int:
+        """The device's PCI slot, given the lowest free one on first use."""
+        if device_id not in self.pci_slots:
+            used = set(self.pci_slots.values())
+            free = [s for s in range(self.FIRST_SLOT, self.LAST_SLOT + 1) if s not in used]
+            if not free:
+                raise ValueError("no free PCI slot")
+            self.pci_slots[device_id] = free[0]
+        return self.pci_slots[device_id]
+
+    def release_slot(self, device_id: str) -> None:
+        self.pci_slots.pop(device_id, None)
 
     @classmethod
     def from_spec(cls, spec: VmSpec, *, machine_type: str, accel: Accel) -> VmRecord:
@@ -102,6 +130,7 @@ class VmRecord:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["nics"] = [NicSpec(**nic) for nic in data.get("nics", [])]
+        data["disks"] = [DiskSpec(**disk) for disk in data.get("disks", [])]
         return cls(**data)
 
 

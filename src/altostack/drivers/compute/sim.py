@@ -16,16 +16,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from altostack.drivers.compute.base import (
+    DEVICE_ID,
     ComputeCapabilities,
     ComputeDriver,
     ConsoleEndpoint,
+    DiskSnapshot,
+    DiskSpec,
     HostInfo,
+    IncomingMigration,
+    MigrationManifest,
+    MigrationProgress,
+    MigrationResult,
+    NicSpec,
+    ProgressCallback,
     VmSpec,
     VmStatus,
+    check_disk_spec,
 )
 from altostack.drivers.compute.sim_hypervisor import (
     SimGuest,
@@ -34,7 +46,13 @@ from altostack.drivers.compute.sim_hypervisor import (
     SimVm,
     guest_from_spec,
 )
-from altostack.drivers.errors import InvalidState, NotSupported
+from altostack.drivers.errors import (
+    BackendFailure,
+    InvalidSpec,
+    InvalidState,
+    NotSupported,
+    VmNotFound,
+)
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.timings import SimTimings
 
@@ -49,15 +67,20 @@ __all__ = [
 SIM_CAPABILITIES = ComputeCapabilities(
     live_resize_cpu=True,
     live_resize_memory=True,
-    live_migration=False,
+    live_migration=True,
     hot_plug_disk=True,
     hot_plug_nic=True,
     pause=True,
     console=True,
+    live_disk_snapshot=True,
 )
 """What the sim can do by default; pass ``ComputeCapabilities()`` to get a minimal host."""
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_RECEIVING: dict[str, SimHypervisor] = {}
+"""Sim hosts waiting for a migration, by the URI they gave out: the sim's network, so a
+source can tell a target that is not (or no longer) receiving, as a real transfer would."""
 
 
 class SimComputeDriver(ComputeDriver):
@@ -326,6 +349,150 @@ class SimComputeDriver(ComputeDriver):
             await self._work("delete", self.timings.delete, vm_id)
             self.hypervisor.remove(vm_id)
 
+    # -- disks -----------------------------------------------------------------------------
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            check_disk_spec(disk)
+            for attached in vm.disks:
+                if attached.id == disk.id:
+                    if attached == disk:
+                        return
+                    raise InvalidSpec(f"{vm_id} already has another disk {disk.id!r}")
+            if vm.state in ("running", "paused"):
+                self._need("hot_plug_disk")
+            await self._work("attach_disk", self.timings.attach_disk, vm_id)
+            vm.disks.append(disk)
+
+    async def detach_disk(self, vm_id: str, disk_id: str, *, timeout: float = 30.0) -> None:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if not any(d.id == disk_id for d in vm.disks):
+                return
+            if vm.state in ("running", "paused"):
+                self._need("hot_plug_disk")
+            await self._work("detach_disk", self.timings.attach_disk, vm_id)
+            vm.disks = [d for d in vm.disks if d.id != disk_id]
+
+    async def list_disks(self, vm_id: str) -> list[DiskSpec]:
+        return list(self.hypervisor.require(vm_id).disks)
+
+    async def snapshot_disk(
+        self, vm_id: str, snapshot_id: str, *, disk_id: str = "root"
+    ) -> DiskSnapshot:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if disk_id != "root":
+                raise InvalidSpec(f"only the root disk of {vm_id} has driver snapshots")
+            if not DEVICE_ID.fullmatch(snapshot_id):
+                raise InvalidSpec(f"{snapshot_id!r} cannot name a snapshot")
+            layer = f"root-{snapshot_id}.qcow2"
+            if layer in vm.root_layers:
+                raise InvalidSpec(f"{vm_id} already has snapshot {snapshot_id!r}")
+            if vm.state in ("running", "paused"):
+                self._need("live_disk_snapshot")
+            await self._work("snapshot_disk", self.timings.snapshot_disk, vm_id)
+            frozen = vm.root_layers[-1]
+            vm.root_layers.append(layer)
+            return DiskSnapshot(snapshot_id, vm_id, disk_id, frozen, layer, self.hypervisor.clock())
+
+    # -- live migration ----------------------------------------------------------------
+
+    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
+        self._need("live_migration")
+        vm = self.hypervisor.require_state(vm_id, "running")
+        spec = dataclasses.asdict(vm.spec)
+        data: dict[str, Any] = {
+            "spec": spec,
+            "vcpus": vm.vcpus,
+            "memory_mib": vm.memory_mib,
+            "generation": vm.generation,
+            "started_at": vm.started_at.isoformat() if vm.started_at else None,
+            "guest": dataclasses.asdict(vm.guest),
+            "disks": [dataclasses.asdict(d) for d in vm.disks],
+            "root_layers": list(vm.root_layers),
+        }
+        return MigrationManifest(vm_id, self.hypervisor.config.hostname, data)
+
+    async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
+        self._need("live_migration")
+        vm_id, data = manifest.vm_id, dict(manifest.data)
+        async with self.hypervisor.lock(vm_id):
+            if vm_id in self.hypervisor.ids():
+                raise InvalidSpec(f"{vm_id} already exists on {self.hypervisor.config.hostname}")
+            spec_data: dict[str, Any] = dict(data["spec"])  # type: ignore[call-overload]
+            spec_data["nics"] = tuple(NicSpec(**n) for n in spec_data["nics"])
+            spec = VmSpec(**spec_data)
+            self._check_arch(spec)
+            vm = self.hypervisor.begin_create(dataclasses.replace(spec, power_state="running"))
+            try:
+                await self._work("prepare_incoming", 0.0, vm_id)
+            except BaseException:
+                self.hypervisor.remove(vm_id)
+                raise
+            vm.vcpus, vm.memory_mib = int(data["vcpus"]), int(data["memory_mib"])  # type: ignore[call-overload]
+            vm.generation = int(data["generation"])  # type: ignore[call-overload]
+            started = data.get("started_at")
+            vm.started_at = datetime.fromisoformat(str(started)) if started else None
+            vm.guest = SimGuest(**data["guest"])  # type: ignore[arg-type]
+            vm.disks = [DiskSpec(**d) for d in data["disks"]]  # type: ignore[attr-defined]
+            vm.root_layers = list(data["root_layers"])  # type: ignore[call-overload]
+            host = self.hypervisor.config.hostname
+            uri = f"sim://{host}/{id(self.hypervisor):x}/{vm_id}"
+            _RECEIVING[uri] = self.hypervisor
+            return IncomingMigration(vm_id, host, uri)
+
+    async def migrate_vm(
+        self,
+        vm_id: str,
+        target: IncomingMigration,
+        *,
+        downtime_limit_ms: int = 300,
+        timeout: float = 600.0,
+        progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        self._need("live_migration")
+        began = time.monotonic()
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "running")
+            total = vm.memory_mib * 1024 * 1024
+            receiver = _RECEIVING.get(target.uri)
+            if receiver is None or vm_id not in receiver.ids():
+                raise BackendFailure(f"migration to {target.uri} failed: nobody receives it")
+            steps = 4
+            for step in range(steps):
+                await self._sleep(self.timings.migrate / steps)
+                if progress is not None:
+                    done = total * step // steps
+                    progress(MigrationProgress("active", done, total - done, total))
+            self.faults.check("migrate", vm_id)
+            received = receiver.incoming(vm_id)  # the guest as it is now, not at the manifest
+            received.guest = dataclasses.replace(vm.guest)
+            received.disks, received.root_layers = list(vm.disks), list(vm.root_layers)
+            if progress is not None:
+                progress(MigrationProgress("completed", total, 0, total))
+            self.hypervisor.remove(vm_id)
+        return MigrationResult(vm_id, time.monotonic() - began, 0.0, total)
+
+    async def finish_incoming(self, vm_id: str) -> VmStatus:
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.incoming(vm_id)
+            _forget(self.hypervisor, vm_id)
+            vm.state, vm.stopped_by = "running", None
+            if vm.started_at is None:
+                vm.started_at = self.hypervisor.clock()
+            return self._status(vm)
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        async with self.hypervisor.lock(vm_id):
+            try:
+                self.hypervisor.incoming(vm_id)
+            except VmNotFound:
+                return
+            _forget(self.hypervisor, vm_id)
+            self.hypervisor.remove(vm_id)
+
     # -- helpers ---------------------------------------------------------------------------
 
     async def _work(self, operation: str, seconds: float, vm_id: str) -> None:
@@ -346,3 +513,8 @@ class SimComputeDriver(ComputeDriver):
             raise NotSupported(
                 f"arch {spec.arch}", f"host {host.hostname} runs {host.arch} guests only"
             )
+
+
+def _forget(hypervisor: SimHypervisor, vm_id: str) -> None:
+    for uri in [u for u, h in _RECEIVING.items() if h is hypervisor and u.endswith(f"/{vm_id}")]:
+        del _RECEIVING[uri]

@@ -20,6 +20,7 @@ from typing import Literal
 from altostack.drivers.compute.base import (
     DEFAULT_USER,
     ConsoleEndpoint,
+    DiskSpec,
     Gpu,
     StoppedBy,
     VmSpec,
@@ -77,6 +78,10 @@ class SimVm:
     stopped_by: StoppedBy | None = None
     console_password: str | None = None
     booting: bool = False
+    disks: list[DiskSpec] = field(default_factory=list)
+    """Attached data disks."""
+    root_layers: list[str] = field(default_factory=lambda: ["root.qcow2"])
+    """The root disk's chain, base first: the last one takes the writes."""
 
     @property
     def holds_memory(self) -> bool:
@@ -120,6 +125,17 @@ class SimHypervisor:
     def require(self, vm_id: str) -> SimVm:
         vm = self.find(vm_id)
         if vm is None:
+            raise VmNotFound(vm_id)
+        return vm
+
+    def ids(self) -> set[str]:
+        """Every VM id, including ones being created or received."""
+        return set(self._vms)
+
+    def incoming(self, vm_id: str) -> SimVm:
+        """A VM being received by a migration (hidden until it is finished)."""
+        vm = self._vms.get(vm_id)
+        if vm is None or vm.state != "creating":
             raise VmNotFound(vm_id)
         return vm
 
