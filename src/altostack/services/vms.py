@@ -529,9 +529,12 @@ class VmService:
         await self.quotas.release(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
         if vm.host_id:
             await self.placement.release(uow, claim_of(vm), vm.id, keep_disk=True)
+            await self.placement.leave_group(uow, vm)
 
     async def _prepare_restore(self, uow: UnitOfWork, vm: Vm) -> None:
-        """Restore re-checks quota and re-claims the host (where its disk is)."""
+        """Restore re-checks quota and re-claims the host (where its disk is) and the
+        VM's place in its hard placement group; any of them lacking is a 409 that names
+        what is in the way, and nothing is taken (one transaction)."""
         await self.quotas.consume(uow, vm.tenant_id, "vms", 1)
         await self.quotas.consume(uow, vm.tenant_id, "vcpus", vm.vcpus)
         await self.quotas.consume(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
@@ -539,6 +542,8 @@ class VmService:
             uow, vm.host_id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_gib=0
         ):
             raise Conflict(f"the host of VM {vm.id} has no room to restore it now")
+        # Its hard group's guard (anti-affinity slot, affinity host) is taken back too.
+        await self.placement.rejoin_group(uow, vm)
         vm.state = "stopped"
         vm.power_state = "stopped"
         vm.deleted_at = None
