@@ -12,6 +12,7 @@ from altostack.api.metrics import ApiMetrics
 from altostack.bus import Bus, connect
 from altostack.controllers.compute import ComputeController
 from altostack.controllers.host_monitor import HostMonitor
+from altostack.controllers.image_export import ImageExportController
 from altostack.controllers.janitor import Janitor
 from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.controllers.worker import OperationWorker
@@ -151,6 +152,9 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         recycle_seconds=settings.recycle_seconds,
     )
     compute.register(registry)
+    ImageExportController(compute, images, max_attempts=settings.operation_max_attempts).register(
+        registry
+    )
 
     async def import_image(ctx: OperationContext) -> dict[str, Any]:
         image = await images.run_import(ctx.resource_id or "", str(ctx.input["url"]))

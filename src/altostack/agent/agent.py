@@ -16,10 +16,12 @@ from typing import Any
 import structlog
 
 from altostack.agent.codec import host_info_to_dict, spec_from_dict, status_to_dict
+from altostack.agent.exports import DiskExports
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
 from altostack.drivers.errors import BackendFailure, DriverError
+from altostack.drivers.storage.base import StorageDriver
 
 log = structlog.get_logger(__name__)
 
@@ -32,10 +34,12 @@ class Agent:
         compute: ComputeDriver,
         *,
         heartbeat_interval: float = 5.0,
+        storage: StorageDriver | None = None,
     ) -> None:
         self.host_id = host_id
         self.bus = bus
         self.compute = compute
+        self.exports = DiskExports(compute, storage or compute.root_disk_storage)
         self.heartbeat_interval = heartbeat_interval
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,4 +168,7 @@ class Agent:
             "delete_vm": delete,
             "list_vms": list_vms,
             "host_info": host_info,
+            "export_disk": self.exports.begin,
+            "read_export": self.exports.read,
+            "end_export": self.exports.end,
         }

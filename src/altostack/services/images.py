@@ -169,6 +169,82 @@ class ImageService:
             raise
         return await self._complete(image_id, stored)
 
+    async def export_vm(
+        self, ctx: RequestContext, vm_id: str, *, name: str, **fields: Any
+    ) -> tuple[dict[str, Any], Any]:
+        """Make an image of a stopped VM's root disk: the image (``importing``) and its
+        ``image.export`` operation, which pulls the disk from the VM's host agent.
+
+        The image belongs to the VM's tenant and starts as what the VM was made from (OS,
+        architecture); its minimum disk is the VM's root disk. Live export is not offered:
+        a running guest's disk is not consistent, so anything but ``stopped`` is a 409
+        naming the state (stop the VM first)."""
+        async with self.db.uow() as uow:
+            vm = await uow.session.get(Vm, vm_id)
+            authz.require(
+                ctx,
+                "vm:export-image",
+                tenant_id=vm.tenant_id if vm else None,
+                kind="VM",
+                ident=vm_id,
+                tags=vm.tags if vm else None,
+            )
+            assert vm is not None
+            authz.require(ctx, "image:create")
+            if vm.state != "stopped" or not vm.host_id:
+                raise Conflict(
+                    f"cannot export VM {vm.id} as an image: it is {vm.state}; only a stopped "
+                    "VM's disk is exported (stop it first)",
+                    extra={"current_state": vm.state},
+                )
+            base = await uow.session.get(Image, vm.image_id)
+            image = Image(
+                id=new_id("img"),
+                tenant_id=vm.tenant_id,
+                name=name,
+                os_family=fields.get("os_family") or (base.os_family if base else "linux"),
+                os_version=fields.get("os_version") or (base.os_version if base else None),
+                arch=vm.arch,
+                min_disk_gib=vm.root_disk_gib,
+                visibility="private",
+                shared_with=[],
+                state="importing",
+                source={"vm_id": vm.id, "image_id": vm.image_id},
+            )
+            uow.session.add(image)
+            op = self.operations.create(
+                uow,
+                ctx,
+                "image.export",
+                resource_type="image",
+                resource_id=image.id,
+                input={"vm_id": vm.id, "host_id": vm.host_id},
+                tenant_id=vm.tenant_id,
+            )
+            ctx.audit.resource_type, ctx.audit.resource_id = "image", image.id
+            ctx.audit.details = {**ctx.audit.details, "vm_id": vm.id}
+            await uow.commit()
+        return image_view(image), op
+
+    async def receive(
+        self, image_id: str, chunks: AsyncIterator[bytes], expected_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Store an image's bytes produced by the platform itself (a VM export): streamed
+        and checksummed like an upload, ``available`` when complete, ``error`` if not."""
+        try:
+            stored = await self.store.put(image_id, chunks, expected_sha256)
+        except InvalidRequest as exc:
+            await self._fail(image_id, exc.detail)
+            raise PermanentError(exc.detail, "ExportFailed") from exc
+        try:
+            return await self._complete(image_id, stored)
+        except NotFound as exc:
+            raise PermanentError(f"image {image_id} was deleted during the export") from exc
+
+    async def fail(self, image_id: str, reason: str) -> None:
+        """Mark an image ``error`` with the reason (a failed import or export)."""
+        await self._fail(image_id, reason)
+
     async def _complete(self, image_id: str, stored: Any) -> dict[str, Any]:
         async with self.db.uow() as uow:
             image = await uow.session.get(Image, image_id)
