@@ -133,7 +133,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     operations = OperationService(db, bus)
     image_store = ImageStore(settings.data_dir / "images")
     infra = InfraService(db, heartbeat_timeout=settings.heartbeat_timeout_seconds)
-    images = ImageService(db, image_store, operations)
+    images = ImageService(db, image_store, operations, quotas)
     placement = PlacementService(db)
     vms = VmService(
         db,

@@ -128,3 +128,23 @@ async def test_an_export_that_cannot_run_leaves_the_image_in_error(client, owner
     assert image["state"] == "error" and image["error"], image
     r = await client.get(f"/v1/images/{image['id']}/file", headers=owner)
     assert r.status_code == 409
+
+
+async def test_exports_count_against_the_images_quota(client, admin, owner):
+    vm = await _stopped_vm(client, owner, "quota")
+    quotas = (await client.get("/v1/quotas", headers=owner)).json()
+    tenant_id = quotas["tenant_id"]
+    assert quotas["quotas"]["images"] == {"limit": 50, "usage": 0, "default": True}, quotas
+    r = await client.put(f"/v1/quotas/{tenant_id}", json={"images": 1}, headers=admin)
+    assert r.status_code == 200, r.text
+    _, first = await _export(client, owner, vm["id"], "one")
+    r = await client.post(
+        f"/v1/vms/{vm['id']}/actions/export-image", json={"name": "two"}, headers=owner
+    )
+    assert r.status_code == 429 and r.json()["code"] == "QuotaExceeded", r.text
+    assert "images" in r.json()["detail"]
+    r = await client.post("/v1/images", json={"name": "upload"}, headers=owner)
+    assert r.status_code == 429, r.text
+    assert (await client.delete(f"/v1/images/{first['id']}", headers=owner)).status_code == 204
+    _, second = await _export(client, owner, vm["id"], "two")
+    assert second["state"] == "available"

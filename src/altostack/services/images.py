@@ -26,6 +26,7 @@ from altostack.services import authz
 from altostack.services.context import RequestContext
 from altostack.services.image_store import ImageStore
 from altostack.services.operations import OperationService
+from altostack.services.quotas import QuotaService
 
 
 def image_view(i: Image) -> dict[str, Any]:
@@ -61,10 +62,23 @@ def can_see(ctx: RequestContext, image: Image) -> bool:
 
 
 class ImageService:
-    def __init__(self, db: Database, store: ImageStore, operations: OperationService) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ImageStore,
+        operations: OperationService,
+        quotas: QuotaService | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.operations = operations
+        self.quotas = quotas
+
+    async def _take_quota(self, uow: UnitOfWork, tenant_id: str) -> None:
+        """Images count against the tenant's ``images`` quota from creation (an image in
+        ``error`` still holds its place until deleted, as a VM in error does)."""
+        if self.quotas is not None:
+            await self.quotas.consume(uow, tenant_id, "images", 1)
 
     async def create(
         self, ctx: RequestContext, *, source_url: str | None, **fields: Any
@@ -77,6 +91,7 @@ class ImageService:
         if source_url is not None and not re.match(r"^https?://", source_url):
             raise InvalidRequest.for_field("source_url", "must be an http:// or https:// URL")
         async with self.db.uow() as uow:
+            await self._take_quota(uow, ctx.principal.tenant_id)
             image = Image(
                 id=new_id("img"),
                 tenant_id=ctx.principal.tenant_id,
@@ -197,6 +212,7 @@ class ImageService:
                     "VM's disk is exported (stop it first)",
                     extra={"current_state": vm.state},
                 )
+            await self._take_quota(uow, vm.tenant_id)
             base = await uow.session.get(Image, vm.image_id)
             image = Image(
                 id=new_id("img"),
@@ -335,5 +351,7 @@ class ImageService:
             if in_use is not None:
                 raise Conflict(f"image {image_id} is used by VM {in_use}; delete the VMs first")
             await uow.session.delete(image)
+            if self.quotas is not None:
+                await self.quotas.release(uow, image.tenant_id, "images", 1)
             await uow.commit()
         self.store.delete(image_id)
