@@ -143,6 +143,7 @@ class Vm(Base):
         Index("ix_vms_tenant", "tenant_id", "id"),
         Index("ix_vms_host", "host_id"),
         Index("ix_vms_state", "state"),
+        Index("ix_vms_placement_group", "placement_group_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

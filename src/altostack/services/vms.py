@@ -209,7 +209,15 @@ class VmService:
                     for vm_id, vm_name, claim in zip(vm_ids, names, claims, strict=True)
                 ]
                 vms = await self._insert(uow, rows)
-                created = [(vm, self._new_operation(uow, ctx, req, vm)) for vm in vms]
+                ops = await self.operations.create_many(
+                    uow,
+                    ctx,
+                    "vm.create",
+                    resource_type="vm",
+                    resources=[(vm.id, self._create_input(req)) for vm in vms],
+                )
+                ctx.audit.resource_id = vms[-1].id
+                created = list(zip(vms, ops, strict=True))
             await uow.commit()
         return created
 
@@ -313,10 +321,15 @@ class VmService:
             "vm.create",
             resource_type="vm",
             resource_id=vm.id,
-            input={"password": req.get("password")} if req.get("password") else {},
+            input=self._create_input(req),
         )
         ctx.audit.resource_id = vm.id
         return op
+
+    @staticmethod
+    def _create_input(req: dict[str, Any]) -> dict[str, Any]:
+        """The create operation's input: the password travels there only."""
+        return {"password": req.get("password")} if req.get("password") else {}
 
     async def _pick_gpus(self, uow: UnitOfWork, host_id: str, count: int) -> list[str]:
         """Free PCI addresses on the host. The claim's UPDATE holds the host row until
