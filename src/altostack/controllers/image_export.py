@@ -44,11 +44,24 @@ class ImageExportController:
         except TemporaryError as exc:
             if ctx.attempt < self.max_attempts:
                 raise
-            await self.images.fail(image_id, str(exc))
+            await self._give_up(ctx, image_id, str(exc))
             raise PermanentError(str(exc), "AgentUnavailable") from exc
         except PermanentError as exc:
-            await self.images.fail(image_id, str(exc))
+            await self._give_up(ctx, image_id, str(exc))
             raise
+
+    async def _give_up(self, ctx: OperationContext, image_id: str, reason: str) -> None:
+        """The image ends ``error`` with the reason; the agent drops its pin if it can."""
+        await self.images.fail(image_id, reason)
+        try:
+            await self.compute.call(
+                str(ctx.input["host_id"]),
+                "end_export",
+                vm_id=str(ctx.input["vm_id"]),
+                export_id=f"export-{image_id}",
+            )
+        except (TemporaryError, PermanentError):
+            log.warning("could not drop the export pin", image_id=image_id)
 
     async def _export(self, ctx: OperationContext, image_id: str) -> dict[str, Any]:
         vm_id, host_id = str(ctx.input["vm_id"]), str(ctx.input["host_id"])
@@ -82,7 +95,6 @@ class ImageExportController:
 
         image = await self.images.receive(image_id, pieces())
         if image["size_bytes"] != size or image["format"] != "qcow2":
-            await self.images.fail(image_id, "the exported image is not what the agent announced")
             raise PermanentError(
                 f"export of {vm_id}: got {image['size_bytes']} bytes of {image['format']}, "
                 f"the agent announced {size} bytes of qcow2"
