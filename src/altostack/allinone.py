@@ -20,6 +20,7 @@ from altostack.db.models_compute import Cluster, Image, InstanceType, Region
 from altostack.domain.ids import new_id
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ async def start_local_hosts(c: Container, cluster: Cluster, count: int) -> list[
     agents = []
     for i in range(count):
         hypervisor = SimHypervisor(SimHostConfig(hostname=f"sim-{i + 1:03d}"))
-        driver = SimComputeDriver(hypervisor, timings=timings)
+        driver = SimComputeDriver(
+            hypervisor, timings=timings, storage=SimStorageDriver(timings=timings)
+        )
         c.sim_hypervisors[hypervisor.config.hostname] = hypervisor
         info = await driver.host_info()
         report = host_info_to_dict(info)

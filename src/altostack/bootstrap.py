@@ -12,6 +12,7 @@ from altostack.api.metrics import ApiMetrics
 from altostack.bus import Bus, connect
 from altostack.controllers.compute import ComputeController
 from altostack.controllers.host_monitor import HostMonitor
+from altostack.controllers.image_export import ImageExportController
 from altostack.controllers.janitor import Janitor
 from altostack.controllers.network import NetworkController
 from altostack.controllers.registry import OperationContext, OperationRegistry
@@ -138,7 +139,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     operations = OperationService(db, bus)
     image_store = ImageStore(settings.data_dir / "images")
     infra = InfraService(db, heartbeat_timeout=settings.heartbeat_timeout_seconds)
-    images = ImageService(db, image_store, operations)
+    images = ImageService(db, image_store, operations, quotas)
     placement = PlacementService(db)
     vms = VmService(
         db,
@@ -157,6 +158,9 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         recycle_seconds=settings.recycle_seconds,
     )
     compute.register(registry)
+    ImageExportController(compute, images, max_attempts=settings.operation_max_attempts).register(
+        registry
+    )
 
     async def import_image(ctx: OperationContext) -> dict[str, Any]:
         image = await images.run_import(ctx.resource_id or "", str(ctx.input["url"]))

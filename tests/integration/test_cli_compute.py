@@ -60,7 +60,7 @@ def alto_json(*args: str) -> Any:
     return json.loads(alto("-o", "json", *args).stdout)
 
 
-def test_vm_life_through_the_cli(logged_in: None) -> None:
+def test_vm_life_through_the_cli(logged_in: None, tmp_path: Path) -> None:
     types = alto_json("type", "list")
     assert "c1.small" in {t["name"] for t in types}
     assert "c1.small" in alto("type", "list").stdout
@@ -88,6 +88,11 @@ def test_vm_life_through_the_cli(logged_in: None) -> None:
     stopped = alto_json("vm", "stop", vm["id"], "--force", "--wait-timeout", WAIT)
     assert stopped["state"] == "stopped"
     assert "Nothing to do" in alto("vm", "stop", vm["id"]).stderr
+    exported = alto_json("vm", "export-image", vm["id"], "cli-golden", "--timeout", WAIT)
+    assert exported["state"] == "available" and exported["format"] == "qcow2", exported
+    target = tmp_path / "golden.qcow2"
+    assert alto_json("image", "download", exported["id"], str(target))["verified"] is True
+    assert target.read_bytes()[:4] == b"QFI\xfb"
     assert alto_json("vm", "start", vm["id"], "--timeout", WAIT)["state"] == "running"
 
     deleted = alto_json("vm", "delete", vm["id"], "--yes", "--timeout", WAIT)

@@ -682,6 +682,28 @@ def test_vm_delete_goes_to_the_recycle_bin(api: FakeApi, alto: Any) -> None:
     assert "alto vm restore vm-1" in result.stderr
 
 
+def test_vm_export_image_follows_the_image(api: FakeApi, alto: Any) -> None:
+    importing = image("img-9", "importing", name="golden", format=None)
+    api.on(
+        "POST /v1/vms/vm-1/actions/export-image",
+        ok(
+            {"operation": op("op-1", "pending", 0), "image": importing},
+            202,
+            location="/v1/images/img-9",
+        ),
+    )
+    api.on("GET /v1/operations/op-1", ok(op()))
+    api.on("GET /v1/images/img-9", ok(image("img-9", name="golden", format="qcow2")))
+    result = alto("-o", "json", "vm", "export-image", "vm-1", "golden", "--os-version", "12")
+    assert out_json(result)["state"] == "available" and out_json(result)["format"] == "qcow2"
+    assert api.bodies("POST /v1/vms/vm-1/actions/export-image") == [
+        {"name": "golden", "os_version": "12"}
+    ]
+    api.requests.clear()
+    result = alto("-o", "json", "vm", "export-image", "vm-1", "golden", "--no-wait")
+    assert out_json(result)["state"] == "importing" and api.polled() == []
+
+
 def test_vm_show_and_console(api: FakeApi, alto: Any) -> None:
     api.on("GET /v1/vms/vm-1", ok(vm()))
     console = {"url": "/v1/console/vnc?token=T", "token": "T", "expires_at": "x"}

@@ -16,11 +16,13 @@ from typing import Any
 import structlog
 
 from altostack.agent.codec import host_info_to_dict, spec_from_dict, status_to_dict
+from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
 from altostack.drivers.errors import BackendFailure, DriverError
+from altostack.drivers.storage.base import StorageDriver
 
 log = structlog.get_logger(__name__)
 
@@ -33,10 +35,12 @@ class Agent:
         compute: ComputeDriver,
         *,
         heartbeat_interval: float = 5.0,
+        storage: StorageDriver | None = None,
     ) -> None:
         self.host_id = host_id
         self.bus = bus
         self.compute = compute
+        self.exports = DiskExports(compute, storage or compute.root_disk_storage)
         self.heartbeat_interval = heartbeat_interval
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -166,4 +170,7 @@ class Agent:
             "list_vms": list_vms,
             "host_info": host_info,
             **live_handlers(c),  # disks, snapshots, live migration
+            "export_disk": self.exports.begin,
+            "read_export": self.exports.read,
+            "end_export": self.exports.end,
         }

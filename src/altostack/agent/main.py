@@ -23,6 +23,7 @@ from altostack.bus import connect
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,10 @@ class AgentOptions:
 def build_driver(options: AgentOptions) -> ComputeDriver:
     if options.driver == "sim":
         hypervisor = SimHypervisor(SimHostConfig(hostname=options.hostname))
-        return SimComputeDriver(hypervisor, timings=SimTimings().scaled(options.sim_timing_scale))
+        timings = SimTimings().scaled(options.sim_timing_scale)
+        return SimComputeDriver(
+            hypervisor, timings=timings, storage=SimStorageDriver(timings=timings)
+        )
     raise SystemExit(f"driver {options.driver!r} is not available yet (use --driver sim)")
 
 

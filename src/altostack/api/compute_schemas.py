@@ -179,6 +179,15 @@ class ImageOut(BaseModel):
     updated_at: datetime
 
 
+class VmExportImage(Strict):
+    """``POST /v1/vms/{id}/actions/export-image``: the new image's name; OS family and
+    version default to those of the image the VM was made from."""
+
+    name: str = Field(min_length=1, max_length=128)
+    os_family: Literal["linux", "windows", "bsd", "other"] | None = None
+    os_version: str | None = Field(None, max_length=64)
+
+
 class PlacementGroupCreate(Strict):
     name: str = Field(min_length=1, max_length=64)
     policy: Literal["anti-affinity", "affinity"]

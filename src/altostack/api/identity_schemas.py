@@ -143,3 +143,4 @@ class QuotaSet(Strict):
     nat_gateways: int | None = Field(None, ge=-1)
     load_balancers: int | None = Field(None, ge=-1)
     api_keys: int | None = Field(None, ge=-1)
+    images: int | None = Field(None, ge=-1)

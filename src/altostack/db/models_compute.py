@@ -117,6 +117,12 @@ class PlacementGroup(Base):
     name: Mapped[str] = mapped_column(String(64))
     policy: Mapped[str] = mapped_column(String(16))
     mode: Mapped[str] = mapped_column(String(8))
+    # Hard affinity only: the host every live member is on, and how many live members
+    # there are. The first member sets ``host_id`` with a conditional UPDATE (``WHERE
+    # host_id IS NULL OR host_id = :host``), so two concurrent first members cannot land
+    # on different hosts; the last one to leave (to the recycle bin) clears it.
+    host_id: Mapped[str | None] = mapped_column(String(40))
+    members: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -137,6 +143,7 @@ class Vm(Base):
         Index("ix_vms_tenant", "tenant_id", "id"),
         Index("ix_vms_host", "host_id"),
         Index("ix_vms_state", "state"),
+        Index("ix_vms_placement_group", "placement_group_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -25,6 +25,9 @@ ACTIONS = frozenset(
         "delete_vm",
         "list_vms",
         "host_info",
+        "export_disk",
+        "read_export",
+        "end_export",
     }
 )
 

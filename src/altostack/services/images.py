@@ -26,6 +26,7 @@ from altostack.services import authz
 from altostack.services.context import RequestContext
 from altostack.services.image_store import ImageStore
 from altostack.services.operations import OperationService
+from altostack.services.quotas import QuotaService
 
 
 def image_view(i: Image) -> dict[str, Any]:
@@ -61,10 +62,23 @@ def can_see(ctx: RequestContext, image: Image) -> bool:
 
 
 class ImageService:
-    def __init__(self, db: Database, store: ImageStore, operations: OperationService) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ImageStore,
+        operations: OperationService,
+        quotas: QuotaService | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.operations = operations
+        self.quotas = quotas
+
+    async def _take_quota(self, uow: UnitOfWork, tenant_id: str) -> None:
+        """Images count against the tenant's ``images`` quota from creation (an image in
+        ``error`` still holds its place until deleted, as a VM in error does)."""
+        if self.quotas is not None:
+            await self.quotas.consume(uow, tenant_id, "images", 1)
 
     async def create(
         self, ctx: RequestContext, *, source_url: str | None, **fields: Any
@@ -77,6 +91,7 @@ class ImageService:
         if source_url is not None and not re.match(r"^https?://", source_url):
             raise InvalidRequest.for_field("source_url", "must be an http:// or https:// URL")
         async with self.db.uow() as uow:
+            await self._take_quota(uow, ctx.principal.tenant_id)
             image = Image(
                 id=new_id("img"),
                 tenant_id=ctx.principal.tenant_id,
@@ -169,6 +184,83 @@ class ImageService:
             raise
         return await self._complete(image_id, stored)
 
+    async def export_vm(
+        self, ctx: RequestContext, vm_id: str, *, name: str, **fields: Any
+    ) -> tuple[dict[str, Any], Any]:
+        """Make an image of a stopped VM's root disk: the image (``importing``) and its
+        ``image.export`` operation, which pulls the disk from the VM's host agent.
+
+        The image belongs to the VM's tenant and starts as what the VM was made from (OS,
+        architecture); its minimum disk is the VM's root disk. Live export is not offered:
+        a running guest's disk is not consistent, so anything but ``stopped`` is a 409
+        naming the state (stop the VM first)."""
+        async with self.db.uow() as uow:
+            vm = await uow.session.get(Vm, vm_id)
+            authz.require(
+                ctx,
+                "vm:export-image",
+                tenant_id=vm.tenant_id if vm else None,
+                kind="VM",
+                ident=vm_id,
+                tags=vm.tags if vm else None,
+            )
+            assert vm is not None
+            authz.require(ctx, "image:create")
+            if vm.state != "stopped" or not vm.host_id:
+                raise Conflict(
+                    f"cannot export VM {vm.id} as an image: it is {vm.state}; only a stopped "
+                    "VM's disk is exported (stop it first)",
+                    extra={"current_state": vm.state},
+                )
+            await self._take_quota(uow, vm.tenant_id)
+            base = await uow.session.get(Image, vm.image_id)
+            image = Image(
+                id=new_id("img"),
+                tenant_id=vm.tenant_id,
+                name=name,
+                os_family=fields.get("os_family") or (base.os_family if base else "linux"),
+                os_version=fields.get("os_version") or (base.os_version if base else None),
+                arch=vm.arch,
+                min_disk_gib=vm.root_disk_gib,
+                visibility="private",
+                shared_with=[],
+                state="importing",
+                source={"vm_id": vm.id, "image_id": vm.image_id},
+            )
+            uow.session.add(image)
+            op = self.operations.create(
+                uow,
+                ctx,
+                "image.export",
+                resource_type="image",
+                resource_id=image.id,
+                input={"vm_id": vm.id, "host_id": vm.host_id},
+                tenant_id=vm.tenant_id,
+            )
+            ctx.audit.resource_type, ctx.audit.resource_id = "image", image.id
+            ctx.audit.details = {**ctx.audit.details, "vm_id": vm.id}
+            await uow.commit()
+        return image_view(image), op
+
+    async def receive(
+        self, image_id: str, chunks: AsyncIterator[bytes], expected_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Store an image's bytes produced by the platform itself (a VM export): streamed
+        and checksummed like an upload, ``available`` when complete, ``error`` if not."""
+        try:
+            stored = await self.store.put(image_id, chunks, expected_sha256)
+        except InvalidRequest as exc:
+            await self._fail(image_id, exc.detail)
+            raise PermanentError(exc.detail, "ExportFailed") from exc
+        try:
+            return await self._complete(image_id, stored)
+        except NotFound as exc:
+            raise PermanentError(f"image {image_id} was deleted during the export") from exc
+
+    async def fail(self, image_id: str, reason: str) -> None:
+        """Mark an image ``error`` with the reason (a failed import or export)."""
+        await self._fail(image_id, reason)
+
     async def _complete(self, image_id: str, stored: Any) -> dict[str, Any]:
         async with self.db.uow() as uow:
             image = await uow.session.get(Image, image_id)
@@ -259,5 +351,7 @@ class ImageService:
             if in_use is not None:
                 raise Conflict(f"image {image_id} is used by VM {in_use}; delete the VMs first")
             await uow.session.delete(image)
+            if self.quotas is not None:
+                await self.quotas.release(uow, image.tenant_id, "images", 1)
             await uow.commit()
         self.store.delete(image_id)

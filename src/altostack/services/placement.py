@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    or_,
     select,
     update,
 )
@@ -164,9 +165,13 @@ class PlacementService:
         async with self.db.uow(write=False) as uow:
             clusters = {c.id: c for c in await uow.session.scalars(select(Cluster))}
             groups: dict[str, set[str]] = {}
+            # Members in the recycle bin do not count: their anti-affinity slot and
+            # affinity membership were given up at delete (restore takes them back).
             rows = await uow.session.execute(
                 select(Vm.host_id, Vm.placement_group_id).where(
-                    Vm.placement_group_id.is_not(None), Vm.host_id.is_not(None)
+                    Vm.placement_group_id.is_not(None),
+                    Vm.host_id.is_not(None),
+                    Vm.state != "deleted",
                 )
             )
             for host_id, group_id in rows.all():
@@ -339,16 +344,16 @@ class PlacementService:
             planned.append((vm_id, host, request))
             self._record(apply_placement(host, request))
         claimed = await self._claim_hosts(uow, planned)
-        hard = group is not None and group.policy == "anti-affinity" and group.mode == "hard"
-        placed = [(vm_id, host) for vm_id, host, _ in planned if host.id in claimed]
-        if hard and placed:
-            assert group is not None
-            slotted = await self._take_slots(uow, group.id, placed)
-            for vm_id, host in placed:
+        placed = [(vm_id, host.id) for vm_id, host, _ in planned if host.id in claimed]
+        slotted = {vm_id for vm_id, _ in placed}
+        if group is not None and group.mode == "hard" and placed:
+            if group.policy == "anti-affinity":
+                slotted = await self._take_slots(uow, group.id, placed)
+            elif not await self._join_affinity(uow, group.id, placed):
+                slotted = set()
+            for vm_id, host_id in placed:
                 if vm_id not in slotted:
-                    await self._release_claim(uow, host.id, vcpus, memory_mib, disk_gib)
-        else:
-            slotted = {vm_id for vm_id, _ in placed}
+                    await self._release_claim(uow, host_id, vcpus, memory_mib, disk_gib)
         claims: dict[str, Claim] = {
             vm_id: Claim(host.id, host.cluster_id, vcpus, memory_mib, disk_gib, 0)
             for vm_id, host, _ in planned
@@ -429,11 +434,12 @@ class PlacementService:
         return set(result.scalars().all())
 
     async def _take_slots(
-        self, uow: UnitOfWork, group_id: str, placed: Sequence[tuple[str, HostView]]
+        self, uow: UnitOfWork, group_id: str, placed: Sequence[tuple[str, str]]
     ) -> set[str]:
-        """The (group, host) slots of a hard anti-affinity batch in one statement; returns
-        the VMs that got theirs (a slot another scheduler took first is not overwritten)."""
-        rows = [{"group_id": group_id, "host_id": h.id, "vm_id": vm_id} for vm_id, h in placed]
+        """The (group, host) slots of hard anti-affinity VMs (``(vm_id, host_id)`` pairs)
+        in one statement; returns the VMs that got theirs (a slot another scheduler or a
+        restored VM took first is not overwritten)."""
+        rows = [{"group_id": group_id, "host_id": h, "vm_id": vm_id} for vm_id, h in placed]
         insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         slots = cast(Table, AntiAffinitySlot.__table__)
         stmt: Insert = insert_(slots).values(rows).on_conflict_do_nothing()
@@ -486,7 +492,99 @@ class PlacementService:
             return False
         if group is not None and group.policy == "anti-affinity" and group.mode == "hard":
             return await self._take_slot(uow, group.id, host.id, vm_id, request)
+        if group is not None and group.policy == "affinity" and group.mode == "hard":
+            if await self._join_affinity(uow, group.id, [(vm_id, host.id)]):
+                return True
+            await self.release(
+                uow,
+                Claim(
+                    host.id, "", request.vcpus, request.memory_mib, request.disk_gib, request.gpus
+                ),
+                vm_id,
+            )
+            return False
         return True
+
+    async def _join_affinity(
+        self, uow: UnitOfWork, group_id: str, placed: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Add members to a hard affinity group on their host, in one conditional UPDATE.
+
+        The group row records its host: the first member sets it (``host_id IS NULL``),
+        later ones must match it. Two schedulers that both saw the group empty and chose
+        different hosts both reach this row; the database serialises them and the second
+        finds another host recorded, updates nothing and re-plans (its refreshed snapshot
+        then shows the first member's host). A batch is all on one host or not at all."""
+        hosts = {host_id for _, host_id in placed}
+        if len(hosts) != 1:
+            return False
+        [host_id] = hosts
+        g = _GROUPS.c
+        conn = await uow.session.connection()
+        result = await conn.execute(
+            update(_GROUPS)
+            .where(g.id == group_id, or_(g.host_id.is_(None), g.host_id == host_id))
+            .values(host_id=host_id, members=g.members + len(placed))
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def leave_group(self, uow: UnitOfWork, vm: Vm) -> None:
+        """A member goes to the recycle bin: it gives up its anti-affinity slot (released
+        with its claim) and its affinity membership; the last member out frees the
+        affinity group to start again on any host."""
+        if vm.placement_group_id is None or vm.host_id is None:
+            return
+        g = _GROUPS.c
+        conn = await uow.session.connection()
+        await conn.execute(
+            update(_GROUPS)
+            .where(g.id == vm.placement_group_id, g.policy == "affinity", g.mode == "hard")
+            .values(
+                members=g.members - 1,
+                host_id=case((g.members <= 1, None), else_=g.host_id),
+            )
+        )
+        self.invalidate()
+
+    async def rejoin_group(self, uow: UnitOfWork, vm: Vm) -> None:
+        """A member comes back from the recycle bin on the host where its disk is: it must
+        take its hard group's guard again, race-free, or the restore is refused.
+
+        Re-placing it elsewhere would mean moving its disk (a migration), and quietly
+        breaking a hard rule is what the user asked us never to do, so a conflict is a 409
+        that names the VM or host in the way; the user decides (delete or move that one,
+        or purge this one)."""
+        if vm.placement_group_id is None or vm.host_id is None:
+            return
+        group = await uow.session.get(PlacementGroup, vm.placement_group_id)
+        if group is None or group.mode != "hard":
+            return
+        extra: dict[str, Any] = {"placement_group_id": group.id, "host_id": vm.host_id}
+        if group.policy == "anti-affinity":
+            if await self._take_slots(uow, group.id, [(vm.id, vm.host_id)]):
+                self.invalidate()
+                return
+            holder = await uow.session.scalar(
+                select(AntiAffinitySlot.vm_id).where(
+                    AntiAffinitySlot.group_id == group.id,
+                    AntiAffinitySlot.host_id == vm.host_id,
+                )
+            )
+            raise Conflict(
+                f"cannot restore VM {vm.id}: VM {holder} of its hard anti-affinity group "
+                f"{group.name!r} now runs on host {vm.host_id}, where this VM's disk is; "
+                "delete that VM or purge this one",
+                extra={**extra, "conflicting_vm_id": holder},
+            )
+        if await self._join_affinity(uow, group.id, [(vm.id, vm.host_id)]):
+            self.invalidate()
+            return
+        await uow.session.refresh(group)
+        raise Conflict(
+            f"cannot restore VM {vm.id}: its hard affinity group {group.name!r} now runs on "
+            f"host {group.host_id}, and this VM's disk is on host {vm.host_id}",
+            extra={**extra, "group_host_id": group.host_id},
+        )
 
     async def _take_slot(
         self, uow: UnitOfWork, group_id: str, host_id: str, vm_id: str, request: PlacementRequest
@@ -571,6 +669,7 @@ class PlacementService:
 # Claims are Core statements on the table: the ORM's bulk-UPDATE path adds ~0.3 ms of
 # Python per statement and nothing these statements need.
 _HOSTS = cast(Table, Host.__table__)
+_GROUPS = cast(Table, PlacementGroup.__table__)
 
 
 def _claim_statement(

@@ -31,6 +31,7 @@ QUOTA_RESOURCES = (
     "nat_gateways",
     "load_balancers",
     "api_keys",
+    "images",
 )
 
 DEFAULT_LIMITS: dict[str, int] = {
@@ -46,6 +47,7 @@ DEFAULT_LIMITS: dict[str, int] = {
     "nat_gateways": 5,
     "load_balancers": 5,
     "api_keys": 10,
+    "images": 50,
 }
 UNLIMITED = -1
 

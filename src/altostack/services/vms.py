@@ -204,7 +204,15 @@ class VmService:
                     for vm_id, vm_name, claim in zip(vm_ids, names, claims, strict=True)
                 ]
                 vms = await self._insert(uow, rows)
-                created = [(vm, self._new_operation(uow, ctx, req, vm)) for vm in vms]
+                ops = await self.operations.create_many(
+                    uow,
+                    ctx,
+                    "vm.create",
+                    resource_type="vm",
+                    resources=[(vm.id, self._create_input(req)) for vm in vms],
+                )
+                ctx.audit.resource_id = vms[-1].id
+                created = list(zip(vms, ops, strict=True))
             await uow.commit()
         return created
 
@@ -308,10 +316,15 @@ class VmService:
             "vm.create",
             resource_type="vm",
             resource_id=vm.id,
-            input={"password": req.get("password")} if req.get("password") else {},
+            input=self._create_input(req),
         )
         ctx.audit.resource_id = vm.id
         return op
+
+    @staticmethod
+    def _create_input(req: dict[str, Any]) -> dict[str, Any]:
+        """The create operation's input: the password travels there only."""
+        return {"password": req.get("password")} if req.get("password") else {}
 
     async def _pick_gpus(self, uow: UnitOfWork, host_id: str, count: int) -> list[str]:
         """Free PCI addresses on the host. The claim's UPDATE holds the host row until
@@ -524,9 +537,12 @@ class VmService:
         await self.quotas.release(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
         if vm.host_id:
             await self.placement.release(uow, claim_of(vm), vm.id, keep_disk=True)
+            await self.placement.leave_group(uow, vm)
 
     async def _prepare_restore(self, uow: UnitOfWork, vm: Vm) -> None:
-        """Restore re-checks quota and re-claims the host (where its disk is)."""
+        """Restore re-checks quota and re-claims the host (where its disk is) and the
+        VM's place in its hard placement group; any of them lacking is a 409 that names
+        what is in the way, and nothing is taken (one transaction)."""
         await self.quotas.consume(uow, vm.tenant_id, "vms", 1)
         await self.quotas.consume(uow, vm.tenant_id, "vcpus", vm.vcpus)
         await self.quotas.consume(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
@@ -534,6 +550,8 @@ class VmService:
             uow, vm.host_id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_gib=0
         ):
             raise Conflict(f"the host of VM {vm.id} has no room to restore it now")
+        # Its hard group's guard (anti-affinity slot, affinity host) is taken back too.
+        await self.placement.rejoin_group(uow, vm)
         vm.state = "stopped"
         vm.power_state = "stopped"
         vm.deleted_at = None

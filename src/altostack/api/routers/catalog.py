@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from altostack.api.compute_schemas import (
     ImageCreate,
@@ -15,12 +17,19 @@ from altostack.api.compute_schemas import (
     InstanceTypeCreate,
     InstanceTypeList,
     InstanceTypeOut,
+    VmExportImage,
 )
 from altostack.api.deps import C, Ctx, Paging, permission
-from altostack.api.schemas import PROBLEMS, ListOf
+from altostack.api.schemas import PROBLEMS, ListOf, OperationOut
 from altostack.services.images import image_view
+from altostack.services.operations import operation_view
 
 router = APIRouter(tags=["catalog"])
+
+
+class ImageAccepted(BaseModel):
+    operation: OperationOut
+    image: ImageOut
 
 
 @router.post(
@@ -200,15 +209,42 @@ async def upload_image(
     responses={**PROBLEMS, 200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_image(id: str, ctx: Ctx, c: C) -> StreamingResponse:
-    """Export: the image's bytes as stored."""
+    """Export: the image's bytes as stored, with their SHA-256 (``X-Checksum-Sha256``
+    in hex, and ``Repr-Digest`` as RFC 9530 has it) so a client can verify the download."""
     image, chunks = await c.images.read(ctx, id)
+    sha = str(image["checksum_sha256"])
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(image["size_bytes"]),
             "Content-Disposition": f'attachment; filename="{id}.{image["format"]}"',
+            "X-Checksum-Sha256": sha,
+            "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(sha)).decode()}:",
         },
+    )
+
+
+@router.post(
+    "/v1/vms/{id}/actions/export-image",
+    status_code=202,
+    response_model=ImageAccepted,
+    name="vm.export-image",
+    tags=["vms"],
+    openapi_extra=permission("vm:export-image"),
+    responses=PROBLEMS,
+)
+async def export_vm_image(
+    id: str, body: VmExportImage, ctx: Ctx, c: C, response: Response
+) -> ImageAccepted:
+    """Make an image of a stopped VM's root disk (also needs ``image:create``). The image
+    is ``importing`` until the operation has copied and checksummed the disk, then
+    ``available``; a VM that is not stopped is a 409 naming its state (no live export)."""
+    image, op = await c.images.export_vm(ctx, id, **body.model_dump(exclude_none=True))
+    response.headers["Location"] = f"/v1/images/{image['id']}"
+    return ImageAccepted(
+        operation=OperationOut.model_validate(operation_view(op)),
+        image=ImageOut.model_validate(image),
     )
 
 

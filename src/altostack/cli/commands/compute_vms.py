@@ -414,6 +414,33 @@ def vm_restore(
     _act(ctx, vm_id, "restore", None, no_wait=no_wait, timeout=timeout, output=output)
 
 
+@vms.command("export-image")
+def vm_export_image(
+    ctx: typer.Context,
+    vm_id: str,
+    name: Annotated[str, typer.Argument(help="Name of the new image")],
+    os_family: Annotated[
+        Literal["linux", "windows", "bsd", "other"] | None,
+        typer.Option(help="Default: that of the image the VM was made from"),
+    ] = None,
+    os_version: Annotated[str | None, typer.Option(help="Default: as the VM's image")] = None,
+    no_wait: NoWaitOption = False,
+    timeout: WaitTimeoutOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Make an image of a stopped VM's root disk (qcow2; `alto image download` fetches it)."""
+    state = get_state(ctx, output)
+    client = state.client()
+    vm_id = resolve_vm(state, vm_id)
+    body: dict[str, Any] = {"name": name}
+    if os_family:
+        body["os_family"] = os_family
+    if os_version:
+        body["os_version"] = os_version
+    response = client.send("POST", path_of(BASE, vm_id, "actions", "export-image"), json=body)
+    follow_operation(state, response, "image", wait=not no_wait, timeout=timeout)
+
+
 @vms.command("console")
 def vm_console(ctx: typer.Context, vm_id: str, output: OutputOption = None) -> None:
     """The VNC console URL of a running VM, to open in a browser (valid 300 s, used once).

@@ -26,7 +26,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from altostack.drivers.storage.base import StorageDriver
 
 from altostack.drivers.errors import InvalidSpec, NotSupported
 
@@ -263,6 +266,11 @@ def check_disk_spec(disk: DiskSpec) -> None:
 
 class ComputeDriver(abc.ABC):
     """One hypervisor host, seen by its agent."""
+
+    root_disk_storage: StorageDriver | None = None
+    """The storage pool that holds this driver's root disks (volume ``<vm id>-root``),
+    when it keeps them in one: the agent exports disks as images through it. None when
+    the disks live elsewhere (export is then refused as not supported)."""
 
     @property
     @abc.abstractmethod

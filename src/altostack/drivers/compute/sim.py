@@ -39,6 +39,7 @@ from altostack.drivers.compute.base import (
     VmStatus,
     check_disk_spec,
 )
+from altostack.drivers.compute.sim_disk import SimRootDisks
 from altostack.drivers.compute.sim_hypervisor import (
     SimGuest,
     SimHostConfig,
@@ -54,6 +55,7 @@ from altostack.drivers.errors import (
     VmNotFound,
 )
 from altostack.drivers.faults import FaultInjector
+from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.timings import SimTimings
 
 __all__ = [
@@ -94,8 +96,12 @@ class SimComputeDriver(ComputeDriver):
         faults: FaultInjector | None = None,
         capabilities: ComputeCapabilities = SIM_CAPABILITIES,
         sleep: Sleep = asyncio.sleep,
+        storage: StorageDriver | None = None,
     ) -> None:
         self.hypervisor = hypervisor or SimHypervisor()
+        # With a storage driver, root disks are real volumes in it (exportable as images).
+        self.root_disk_storage = storage
+        self.disks = SimRootDisks(storage) if storage is not None else None
         self.timings = timings or SimTimings()
         self.faults = faults or FaultInjector()
         self._capabilities = capabilities
@@ -132,6 +138,8 @@ class SimComputeDriver(ComputeDriver):
         vm = self.hypervisor.begin_create(spec)
         try:
             await self._work("create", self.timings.create, spec.id)
+            if self.disks is not None:
+                await self.disks.make(spec)
             if spec.power_state == "running":
                 await self._power_on(vm)
             else:
@@ -139,6 +147,8 @@ class SimComputeDriver(ComputeDriver):
             vm.generation = spec.generation
         except BaseException:
             self.hypervisor.remove(spec.id)
+            if self.disks is not None:
+                await self.disks.remove(spec.id)
             raise
         return vm
 
@@ -231,6 +241,8 @@ class SimComputeDriver(ComputeDriver):
         vm.state, vm.stopped_by = "running", None
         vm.started_at = self.hypervisor.clock()
         vm.guest.boots += 1
+        if self.disks is not None:
+            await self.disks.booted(vm.spec, vm.guest.boots)
 
     async def _power_off(self, vm: SimVm, *, timeout: float, force: bool) -> None:
         """ACPI first, the plug after ``timeout``; nothing changes if the stop fails."""
@@ -319,6 +331,8 @@ class SimComputeDriver(ComputeDriver):
             self._check_arch(spec)
             self.hypervisor.check_disk(spec.root_disk_gib, excluding=spec.id)
             await self._work("reinstall", self.timings.reinstall, spec.id)
+            if self.disks is not None:
+                await self.disks.reinstall(spec)
             installs = vm.guest.installs
             vm.guest = guest_from_spec(spec)
             vm.guest.installs = installs + 1
@@ -348,6 +362,8 @@ class SimComputeDriver(ComputeDriver):
                 return
             await self._work("delete", self.timings.delete, vm_id)
             self.hypervisor.remove(vm_id)
+            if self.disks is not None:
+                await self.disks.remove(vm_id)
 
     # -- disks -----------------------------------------------------------------------------
 

@@ -27,9 +27,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from altostack.drivers.errors import VolumeNotFound
+
 GIB = 1024**3
 
 SourceKind = Literal["image", "snapshot", "volume"]
+Extent = tuple[int, int]
+"""``(offset, length)`` in bytes."""
+
+
+def root_volume_id(vm_id: str) -> str:
+    """The pool volume holding a VM's root disk, for compute backends that keep it there."""
+    return f"{vm_id}-root"
+
+
 VolumeSource = tuple[SourceKind, str]
 ImageFormat = Literal["qcow2", "raw", "vmdk"]
 
@@ -245,3 +256,16 @@ class StorageDriver(abc.ABC):
         writes made while the stream is read do not appear in it. The stream is exactly
         ``size_gib`` GiB long; chunk sizes are unspecified.
         """
+
+    async def allocated_extents(self, volume_id: str) -> list[Extent]:
+        """The byte ranges of the volume that may hold data, sorted, not overlapping.
+
+        What ``qemu-img map`` or ``rbd diff`` tell: everything outside these ranges reads
+        as zeros, so an export writes only these (a compact qcow2 instead of a raw image of
+        the full size). A backend that cannot tell returns the whole volume, which is
+        always correct. ``VolumeNotFound`` for a missing volume.
+        """
+        info = await self.get_volume(volume_id)
+        if info is None:
+            raise VolumeNotFound(volume_id)
+        return [(0, info.size_gib * GIB)]

@@ -18,6 +18,7 @@ from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.storage.base import (
     GIB,
+    Extent,
     ImageInfo,
     PoolInfo,
     SnapshotInfo,
@@ -308,6 +309,20 @@ class SimStorageDriver(StorageDriver):
         pinned = BlockStore(self.pool.config.block_size, parent=vol.data.flatten())
         count = vol.size_gib * GIB // self.pool.config.block_size
         return _stream(pinned, count)
+
+    async def allocated_extents(self, volume_id: str) -> list[Extent]:
+        """The blocks the volume or its pinned source hold, merged into runs."""
+        vol = self.pool.volume(volume_id)
+        bs = self.pool.config.block_size
+        extents: list[Extent] = []
+        for index in sorted(set(vol.data.parent) | set(vol.data.own)):
+            if index * bs >= vol.size_gib * GIB:
+                break
+            if extents and extents[-1][0] + extents[-1][1] == index * bs:
+                extents[-1] = (extents[-1][0], extents[-1][1] + bs)
+            else:
+                extents.append((index * bs, bs))
+        return extents
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """network: VPCs, subnets, IP allocations, security groups and their rules
 
-Revision ID: 0008
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-24 05:05:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import altostack.db.types
 
-revision: str = "0008"
-down_revision: str | None = "0004"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

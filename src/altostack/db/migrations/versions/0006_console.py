@@ -1,7 +1,7 @@
 """console: one-time console tokens and WebSocket tickets
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-24 04:50:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import altostack.db.types
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
