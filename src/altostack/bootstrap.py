@@ -32,6 +32,7 @@ from altostack.services.quotas import QuotaService
 from altostack.services.roles import RoleService
 from altostack.services.tenants import TenantService
 from altostack.services.users import UserService
+from altostack.services.vm_host import VmHostService
 from altostack.services.vms import VmService
 from altostack.settings import Settings
 
@@ -62,6 +63,7 @@ class Container:
     images: ImageService
     placement: PlacementService
     vms: VmService
+    vm_host: VmHostService
     compute: ComputeController
     host_monitor: HostMonitor
     metrics: ApiMetrics
@@ -86,8 +88,11 @@ class Container:
         if self.settings.seed:
             from altostack import allinone
 
-            cluster = await allinone.seed(self)
-            if self.settings.driver == "sim" and self.settings.sim_hosts > 0:
+            driver = allinone.resolve_driver(self.settings.driver)
+            cluster = await allinone.seed(self, sim_image=driver == "sim")
+            if driver == "qemu":
+                self.agents = [await allinone.start_qemu_host(self, cluster)]
+            elif self.settings.sim_hosts > 0:
                 hosts = self.settings.sim_hosts
                 self.agents = await allinone.start_local_hosts(self, cluster, hosts)
         self.started = True
@@ -181,6 +186,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         images=images,
         placement=placement,
         vms=vms,
+        vm_host=VmHostService(db, bus, vms, agent_timeout=settings.agent_timeout_seconds),
         compute=compute,
         host_monitor=HostMonitor(
             db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds

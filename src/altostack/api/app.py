@@ -23,6 +23,7 @@ from altostack.api.routers import (
     roles,
     tenants,
     users,
+    vm_host,
     vms,
 )
 
@@ -42,6 +43,7 @@ ROUTERS = [
     infra.router,
     catalog.router,
     vms.router,
+    vm_host.router,
     events.router,
 ]
 

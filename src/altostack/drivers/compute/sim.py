@@ -25,6 +25,7 @@ from altostack.drivers.compute.base import (
     ConsoleEndpoint,
     HostInfo,
     VmSpec,
+    VmStats,
     VmStatus,
 )
 from altostack.drivers.compute.sim_hypervisor import (
@@ -193,6 +194,7 @@ class SimComputeDriver(ComputeDriver):
             vm = self.hypervisor.require_state(vm_id, "running")
             await self._work("reboot", self.timings.reboot, vm_id)
             vm.guest.boots += 1
+            self.hypervisor.log_boot(vm)
             return self._status(vm)
 
     async def _power_on(self, vm: SimVm) -> None:
@@ -208,6 +210,7 @@ class SimComputeDriver(ComputeDriver):
         vm.state, vm.stopped_by = "running", None
         vm.started_at = self.hypervisor.clock()
         vm.guest.boots += 1
+        self.hypervisor.log_boot(vm)
 
     async def _power_off(self, vm: SimVm, *, timeout: float, force: bool) -> None:
         """ACPI first, the plug after ``timeout``; nothing changes if the stop fails."""
@@ -225,6 +228,7 @@ class SimComputeDriver(ComputeDriver):
             how = "forced"
         if vm.state != "crashed":
             vm.guest.last_shutdown = how
+            self.hypervisor.log_shutdown(vm, how)
         vm.state, vm.stopped_by, vm.started_at = "stopped", "api", None
         vm.console_password = None
 
@@ -318,6 +322,16 @@ class SimComputeDriver(ComputeDriver):
             vm.console_password = secrets.token_urlsafe(12)
             host = self.hypervisor.config.console_host
             return ConsoleEndpoint(host, vm.console_port, "vnc", vm.console_password)
+
+    def console_output(self, vm_id: str, lines: int | None = None) -> str:
+        log = list(self.hypervisor.require(vm_id).console_log)
+        if lines is not None:
+            log = log[-lines:] if lines > 0 else []
+        return "".join(f"{line}\n" for line in log)
+
+    async def vm_stats(self, vm_id: str) -> VmStats:
+        vm = self.hypervisor.require_state(vm_id, "running", "paused")
+        return self.hypervisor.stats(vm)
 
     async def delete_vm(self, vm_id: str) -> None:
         async with self.hypervisor.lock(vm_id):
