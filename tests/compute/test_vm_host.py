@@ -99,3 +99,39 @@ async def test_a_vm_without_a_host_is_409(client, owner, container):
         await uow.commit()
     r = await client.get(f"/v1/vms/{vm['id']}/console-output", headers=owner)
     assert r.status_code == 409, r.text
+
+
+async def test_an_agent_downloads_base_images_from_the_image_service(client, admin, container):
+    """``alto agent --driver qemu`` fills its image cache over the API, verified."""
+    import hashlib
+
+    import httpx
+
+    from altostack.agent.images import HttpImageSource
+    from altostack.api.app import create_app
+    from altostack.client import AsyncClient
+    from altostack.drivers.compute.local_images import LocalImageCache
+    from altostack.drivers.errors import ImageNotFound
+
+    data = b"\x01\x02" * 40000
+    image = (await client.post("/v1/images", json={"name": "payload"}, headers=admin)).json()
+    r = await client.put(
+        f"/v1/images/{image['id']}/file",
+        content=data,
+        headers={**admin, "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    token = admin["Authorization"].removeprefix("Bearer ")
+    transport = httpx.ASGITransport(app=create_app(container, manage_lifecycle=False))
+    sdk = AsyncClient("http://alto.test", token=token, transport=transport)
+    try:
+        target = container.settings.data_dir / "fetched"
+        fetched = await HttpImageSource(sdk).fetch(image["id"], target)
+        assert fetched.format == "raw"
+        assert fetched.sha256 == hashlib.sha256(data).hexdigest()
+        assert target.read_bytes() == data
+        cache = LocalImageCache(container.settings.data_dir / "cache", HttpImageSource(sdk))
+        with pytest.raises(ImageNotFound):
+            await cache.ensure("img-missing")
+    finally:
+        await sdk.aclose()
