@@ -22,6 +22,9 @@ class HttpImageSource:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
 
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
     async def fetch(self, image_id: str, target: Path) -> FetchedImage:
         try:
             image = await self.client.get(f"/v1/images/{image_id}")

@@ -20,6 +20,7 @@ import structlog
 
 from altostack.agent.agent import Agent
 from altostack.agent.codec import host_info_to_dict
+from altostack.agent.images import HttpImageSource
 from altostack.bus import connect
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import LocalImageCache
@@ -56,7 +57,6 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
         hypervisor = SimHypervisor(SimHostConfig(hostname=options.hostname))
         return SimComputeDriver(hypervisor, timings=SimTimings().scaled(options.sim_timing_scale))
     if options.driver == "qemu":
-        from altostack.agent.images import HttpImageSource
         from altostack.client import AsyncClient
         from altostack.drivers.compute.qemu import QemuComputeDriver
 
@@ -113,3 +113,6 @@ async def run(options: AgentOptions) -> None:
     await stop.wait()
     await agent.stop()
     await bus.close()
+    images = getattr(driver, "images", None)
+    if isinstance(getattr(images, "source", None), HttpImageSource):
+        await images.source.aclose()  # type: ignore[union-attr]
