@@ -141,7 +141,7 @@ class LocalImageCache:
             if target.is_file():
                 return target
             part = self.directory / f".{image_id}.{os.getpid()}.part"
-            converted = part.with_suffix(".qcow2")
+            converted = self.directory / f".{image_id}.{os.getpid()}.convert"
             try:
                 fetched = await self.source.fetch(image_id, part)
                 digest = await asyncio.to_thread(sha256_file, part)
