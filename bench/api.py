@@ -275,6 +275,7 @@ def alto_env(data_dir: Path) -> dict[str, str]:
         ALTO_BOOTSTRAP_ADMIN_PASSWORD=ADMIN_PASSWORD,
         ALTO_LOG_LEVEL="warning",
         ALTO_DATA_DIR=str(data_dir),
+        ALTO_DRIVER="sim",  # one sim host as always: no QEMU host beside the measured server
     )
     return env
 

@@ -256,6 +256,7 @@ def make_settings(db_url: str, data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir,
         db=db_url,
+        driver="sim",
         sim_hosts=0,
         seed=True,
         bootstrap_admin_password=ADMIN_PASSWORD,

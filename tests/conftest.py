@@ -101,6 +101,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "worker_poll_seconds": 0.2,
         "shutdown_grace_seconds": 2.0,
         "log_format": "console",
+        "driver": "sim",  # never real guests unless a test asks for them
         "sim_hosts": 0,
         "sim_timing_scale": 0.0,
         "heartbeat_interval_seconds": 0.2,

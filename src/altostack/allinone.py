@@ -1,27 +1,44 @@
 """The all-in-one: seed an empty cloud and run the local hosts' agents in this process.
 
-A new user gets a region, a cluster, a few instance types, one public image and N sim
-hosts (``--sim-hosts``), so the whole API can be tried at once. In a cluster deployment
-agents run as their own processes (``alto agent --join …``) and nothing here runs.
+A new user gets a region, a cluster, a few instance types and hosts, so the whole API can
+be tried at once. With the ``qemu`` driver (the default where ``qemu-system`` is
+installed) the host is this machine: one agent with the QEMU driver, and the project's
+test guest imported as the default public image on first start. With ``sim``, N simulated
+hosts (``--sim-hosts``) and a blank ``cirros-sim`` image. In a cluster deployment agents
+run as their own processes (``alto agent --join …``) and nothing here runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import secrets
-from typing import TYPE_CHECKING, Any
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import structlog
 from sqlalchemy import func, select
 
+import altostack
 from altostack.agent.agent import Agent
 from altostack.agent.codec import host_info_to_dict
 from altostack.db.models_compute import Cluster, Image, InstanceType, Region
 from altostack.domain.ids import new_id
+from altostack.drivers.compute.base import ComputeDriver
+from altostack.drivers.compute.local_images import FetchedImage, LocalImageCache
+from altostack.drivers.compute.qemu import QemuComputeDriver
+from altostack.drivers.compute.qemu_host import host_arch, qemu_binary
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.errors import ImageNotFound
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
+from altostack.services.context import SYSTEM, RequestContext
 
 if TYPE_CHECKING:
     from altostack.bootstrap import Container
@@ -36,9 +53,24 @@ SEED_TYPES = [
 ]
 SEED_IMAGE = "cirros-sim"
 SEED_IMAGE_BYTES = b"\0" * (1024 * 1024)  # a blank raw disk: enough for the sim driver
+TEST_IMAGE = "alto-test"
+"""The default image with the qemu driver: the guest scripts/build-test-image makes."""
+BUILD_SCRIPT = Path(altostack.__file__).resolve().parents[2] / "scripts" / "build-test-image"
+BUILD_TIMEOUT = 900.0
 
 
-async def seed(c: Container) -> Cluster:
+def resolve_driver(driver: str) -> Literal["qemu", "sim"]:
+    """``auto`` is ``qemu`` where this machine can run QEMU guests, else ``sim``."""
+    if driver == "qemu":
+        return "qemu"
+    if driver == "sim":
+        return "sim"
+    if qemu_binary(host_arch()) and shutil.which("qemu-img"):
+        return "qemu"
+    return "sim"
+
+
+async def seed(c: Container, *, sim_image: bool = True) -> Cluster:
     """Create what an empty all-in-one needs; leaves an existing cloud as it is."""
     async with c.db.uow() as uow:
         region = await uow.session.scalar(select(Region).where(Region.name == "default"))
@@ -76,7 +108,7 @@ async def seed(c: Container) -> Cluster:
                 )
         image = await uow.session.scalar(select(Image).where(Image.name == SEED_IMAGE))
         await uow.commit()
-    if image is None:
+    if image is None and sim_image:
         await _seed_image(c)
     return cluster
 
@@ -111,10 +143,28 @@ async def _seed_image(c: Container) -> None:
         await uow.commit()
 
 
-async def start_local_hosts(c: Container, cluster: Cluster, count: int) -> list[Agent]:
-    """Register ``count`` sim hosts with the cluster and start their agents here."""
+async def _join_token(c: Container, cluster: Cluster) -> str:
     token = "join_" + secrets.token_urlsafe(24)
     await c.infra.set_join_token(cluster.id, token)
+    return token
+
+
+async def _start_agent(c: Container, token: str, driver: ComputeDriver) -> Agent:
+    """Register the driver's host with its real capacity and run its agent here."""
+    info = await driver.host_info()
+    report = host_info_to_dict(info)
+    report["capabilities"] = dataclasses.asdict(driver.capabilities)
+    host, _agent_token = await c.infra.register_host(token, hostname=info.hostname, report=report)
+    agent = Agent(
+        host["id"], c.bus, driver, heartbeat_interval=c.settings.heartbeat_interval_seconds
+    )
+    await agent.start()
+    return agent
+
+
+async def start_local_hosts(c: Container, cluster: Cluster, count: int) -> list[Agent]:
+    """Register ``count`` sim hosts with the cluster and start their agents here."""
+    token = await _join_token(c, cluster)
     timings = SimTimings().scaled(c.settings.sim_timing_scale)
     agents = []
     for i in range(count):
@@ -123,17 +173,129 @@ async def start_local_hosts(c: Container, cluster: Cluster, count: int) -> list[
             hypervisor, timings=timings, storage=SimStorageDriver(timings=timings)
         )
         c.sim_hypervisors[hypervisor.config.hostname] = hypervisor
-        info = await driver.host_info()
-        report = host_info_to_dict(info)
-        report["capabilities"] = dataclasses.asdict(driver.capabilities)
-        host, _agent_token = await c.infra.register_host(
-            token, hostname=info.hostname, report=report
-        )
-        agent = Agent(
-            host["id"], c.bus, driver, heartbeat_interval=c.settings.heartbeat_interval_seconds
-        )
-        await agent.start()
-        agents.append(agent)
+        agents.append(await _start_agent(c, token, driver))
     c.placement.invalidate()
     log.info("local sim hosts started", count=count)
     return agents
+
+
+# -- the qemu all-in-one ---------------------------------------------------------------------
+
+
+class ImageStoreSource:
+    """Base images for the local QEMU host straight from the image store (same machine):
+    a hard link when the directories share a filesystem, else a copy. The SHA-256 and
+    format are the image service's, so the cache verifies what it got."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    async def fetch(self, image_id: str, target: Path) -> FetchedImage:
+        async with self.c.db.uow(write=False) as uow:
+            image = await uow.session.get(Image, image_id)
+        source = self.c.image_store.path(image_id)
+        if image is None or image.state != "available" or not source.is_file():
+            raise ImageNotFound(image_id, f"image {image_id} has no data in the image store")
+        try:
+            os.link(source, target)
+        except OSError:
+            await asyncio.to_thread(shutil.copyfile, source, target)
+        return FetchedImage(sha256=image.checksum_sha256 or "", format=image.format or "raw")
+
+
+def qemu_driver(c: Container) -> QemuComputeDriver:
+    """The local host's QEMU driver: VMs and base images under ``<data_dir>/qemu``."""
+    state_dir = c.settings.data_dir / "qemu"
+    images = LocalImageCache(state_dir / "images", ImageStoreSource(c))
+    return QemuComputeDriver(state_dir, images, hostname=socket.gethostname())
+
+
+async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:
+    """This machine as the cloud's one host, and the test guest as the default image."""
+    driver = qemu_driver(c)
+    agent = await _start_agent(c, await _join_token(c, cluster), driver)
+    c.placement.invalidate()
+    log.info("local QEMU host started", hostname=driver.hostname, accel=driver.accel)
+    await ensure_default_image(c)
+    return agent
+
+
+async def ensure_default_image(c: Container) -> str | None:
+    """Import the test guest as the public ``alto-test`` image once (its id, or None when
+    no image file can be had: then the cloud runs without a default image)."""
+    async with c.db.uow(write=False) as uow:
+        found = await uow.session.scalar(
+            select(Image.id).where(Image.name == TEST_IMAGE, Image.tenant_id == "system")
+        )
+    if found is not None:
+        return str(found)
+    path = c.settings.default_image or await find_test_image()
+    if path is None:
+        log.warning("no default image: scripts/build-test-image could not make the test guest")
+        return None
+    ctx = RequestContext(SYSTEM)
+    image, _ = await c.images.create(
+        ctx,
+        source_url=None,
+        name=TEST_IMAGE,
+        os_family="linux",
+        os_version=path.stem,
+        arch=host_arch(),
+        visibility="public",
+        min_disk_gib=1,
+    )
+    checksum = _checksum_beside(path)
+    await c.images.upload(ctx, image["id"], _file_chunks(path), checksum)
+    log.info("default image imported", image_id=image["id"], path=str(path))
+    return str(image["id"])
+
+
+async def find_test_image() -> Path | None:
+    """The test guest: built (or found up to date) by scripts/build-test-image, else the
+    newest one in its cache directory."""
+    built = await _build_test_image() if BUILD_SCRIPT.is_file() else None
+    return await asyncio.to_thread(_pick_test_image, built)
+
+
+async def _build_test_image() -> str | None:
+    log.info("building the test guest image (cached after the first time)")
+    proc = await asyncio.create_subprocess_exec(
+        str(BUILD_SCRIPT),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        out, err = b"", b"timed out"
+    if proc.returncode == 0 and out.strip():
+        return out.decode().strip().splitlines()[-1]
+    log.warning("scripts/build-test-image failed", error=err.decode(errors="replace")[-500:])
+    return None
+
+
+def _pick_test_image(built: str | None) -> Path | None:
+    if built and Path(built).is_file():
+        return Path(built)
+    cache = os.environ.get("ALTO_IMAGE_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "altostack" / "images"
+    )
+    candidates = sorted(Path(cache).glob("alto-test-*.qcow2"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def _checksum_beside(path: Path) -> str | None:
+    """The SHA-256 from ``<image>.sha256`` (sha256sum format) when the builder wrote one."""
+    try:
+        return path.with_name(path.name + ".sha256").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as fh:
+        while chunk := await fh.read(1024 * 1024):
+            yield chunk

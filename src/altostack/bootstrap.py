@@ -36,6 +36,7 @@ from altostack.services.quotas import QuotaService
 from altostack.services.roles import RoleService
 from altostack.services.tenants import TenantService
 from altostack.services.users import UserService
+from altostack.services.vm_host import VmHostService
 from altostack.services.vms import VmService
 from altostack.settings import Settings
 
@@ -67,6 +68,7 @@ class Container:
     placement: PlacementService
     vms: VmService
     console: ConsoleService
+    vm_host: VmHostService
     compute: ComputeController
     network: NetworkService
     security_groups: SecurityGroupService
@@ -93,8 +95,11 @@ class Container:
         if self.settings.seed:
             from altostack import allinone
 
-            cluster = await allinone.seed(self)
-            if self.settings.driver == "sim" and self.settings.sim_hosts > 0:
+            driver = allinone.resolve_driver(self.settings.driver)
+            cluster = await allinone.seed(self, sim_image=driver == "sim")
+            if driver == "qemu":
+                self.agents = [await allinone.start_qemu_host(self, cluster)]
+            elif self.settings.sim_hosts > 0:
                 hosts = self.settings.sim_hosts
                 self.agents = await allinone.start_local_hosts(self, cluster, hosts)
         self.started = True
@@ -196,6 +201,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         console=ConsoleService(
             db, bus, events, master_key, agent_timeout=settings.agent_timeout_seconds
         ),
+        vm_host=VmHostService(db, bus, vms, agent_timeout=settings.agent_timeout_seconds),
         compute=compute,
         network=network,
         security_groups=SecurityGroupService(db, quotas, network),

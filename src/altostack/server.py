@@ -14,13 +14,22 @@ from altostack.bootstrap import Container, build
 from altostack.settings import Settings
 
 
+def _driver(container: Container) -> str:
+    from altostack.allinone import resolve_driver
+
+    if resolve_driver(container.settings.driver) == "qemu":
+        accel = next((getattr(a.compute, "accel", "?") for a in container.agents), "?")
+        return f"qemu, this machine (accel {accel})"
+    return f"sim ({container.settings.sim_hosts} hosts)"
+
+
 def banner(container: Container) -> str:
     s = container.settings
     url = f"http://{s.host}:{s.port}"
     lines = [
         f"Altostack is up on {url}  (API docs: {url}/docs)",
         f"  database: {s.masked()['database_url']}",
-        f"  bus: {s.masked()['bus']}   driver: {s.driver}",
+        f"  bus: {s.masked()['bus']}   driver: {_driver(container)}",
     ]
     if container.bootstrap_password:
         lines += [

@@ -37,8 +37,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     db: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     bus: str = Field("memory://", description="memory:// or nats://host:port")
-    driver: Literal["sim", "qemu"] = "sim"
+    driver: Literal["auto", "qemu", "sim"] = Field(
+        "auto",
+        description="Hypervisor of the all-in-one's local host: qemu (one real host, this "
+        "machine), sim (sim_hosts simulated ones), auto (qemu when qemu-system is installed)",
+    )
     sim_hosts: int = Field(1, ge=0, le=10000)
+    default_image: Path | None = Field(
+        None,
+        description="qcow2 imported as the default public image when the qemu driver first "
+        "starts; default: the test guest built by scripts/build-test-image",
+    )
     seed: bool = Field(
         True, description="Give an empty cloud a region, a cluster, instance types and an image"
     )

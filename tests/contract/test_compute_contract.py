@@ -718,6 +718,35 @@ async def test_live_migration_moves_a_running_vm_and_a_failed_one_stays(
         await other.driver.stop_vm(spec.id, timeout=30)  # the destination manages it fully
 
 
+# -- console output and counters --------------------------------------------------------------
+
+
+async def test_a_vm_never_started_has_an_empty_console_and_no_counters(
+    compute: ComputeHarness,
+) -> None:
+    spec = await _stopped(compute)
+    assert compute.driver.console_output(spec.id, 10) == ""
+    assert compute.driver.console_output(spec.id) == ""
+    with pytest.raises(InvalidState) as exc:
+        await compute.driver.vm_stats(spec.id)
+    _assert_invalid_state(exc, "stopped")
+
+
+async def test_a_running_vm_has_counters_and_a_console_tail(compute: ComputeHarness) -> None:
+    spec = await _running(compute, vcpus=2)
+    status = await compute.driver.get_vm(spec.id)
+    assert status is not None and status.accel == (await compute.driver.host_info()).accel
+    stats = await compute.driver.vm_stats(spec.id)
+    assert stats.id == spec.id
+    assert (stats.vcpus, stats.memory_mib) == (2, spec.memory_mib)
+    assert stats.started_at == status.started_at
+    assert stats.cpu_time_ns > 0 and stats.memory_rss_bytes > 0
+    assert stats.disks and all(d.read_bytes >= 0 and d.write_ops >= 0 for d in stats.disks)
+    assert stats.collected_at.tzinfo is not None
+    assert len(compute.driver.console_output(spec.id, 2).splitlines()) <= 2
+    assert compute.driver.console_output(spec.id, 0) == ""
+
+
 # -- delete ----------------------------------------------------------------------------------
 
 
@@ -763,6 +792,7 @@ async def test_every_operation_on_a_missing_vm_raises_vm_not_found(
         d.detach_disk(missing, "disk-1"),
         d.list_disks(missing),
         d.snapshot_disk(missing, "snap1"),
+        d.vm_stats(missing),
     ]
     if d.capabilities.pause:
         calls += [d.pause_vm(missing), d.resume_vm(missing)]
@@ -773,3 +803,5 @@ async def test_every_operation_on_a_missing_vm_raises_vm_not_found(
             await call
         assert exc.value.resource_id == missing
         assert isinstance(exc.value, DriverError)
+    with pytest.raises(VmNotFound):
+        d.console_output(missing, 10)

@@ -59,6 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ALTO_WORKER_POLL_SECONDS="0.2",
         ALTO_SHUTDOWN_GRACE_SECONDS="1",
         ALTO_LOG_FORMAT="json",
+        ALTO_DRIVER="sim",  # as before the qemu default: one sim host, no real guests
     )
     if _has_slow_ops():
         env["ALTO_PLUGINS"] = json.dumps([SLOW_OPS])

@@ -717,6 +717,43 @@ def test_vm_show_and_console(api: FakeApi, alto: Any) -> None:
     assert "one opening" in result.stderr
 
 
+def test_vm_console_output_and_stats(api: FakeApi, alto: Any) -> None:
+    text = "ALTO-GUEST-BOOT\nALTO-GUEST-READY ip=none hostname=web\n\nweb login: "
+    body = {"vm_id": "vm-1", "host_id": "host-1", "lines": 4, "output": text}
+    api.on("GET /v1/vms/vm-1/console-output", ok(body))
+    assert alto("vm", "console-output", "vm-1", "--lines", "4").stdout == text
+    assert api.to("GET /v1/vms/vm-1/console-output")[0].url.params["lines"] == "4"
+    assert out_json(alto("-o", "json", "vm", "console-output", "vm-1")) == body
+    alto("vm", "console-output", "vm-1", "--lines", "0", code=2)
+
+    stats = {
+        "vm_id": "vm-1", "host_id": "host-1", "collected_at": "2030-01-02T03:04:05Z",
+        "started_at": "2030-01-02T03:00:00Z", "cpu_time_ns": 7_500_000_000,
+        "memory_rss_bytes": 220 * 1024**2, "memory_mib": 512, "vcpus": 1,
+        "disks": [{"name": "root-disk", "read_bytes": 18 * 1024**2, "write_bytes": 4096,
+                   "read_ops": 900, "write_ops": 1}],
+        "nics": [],
+    }  # fmt: skip
+    api.on("GET /v1/vms/vm-1/stats", ok(stats))
+    table = alto("vm", "stats", "vm-1").stdout
+    assert "7.5" in table and "220 MiB" in table and "18.0 MiB" in table
+    assert out_json(alto("-o", "json", "vm", "stats", "vm-1")) == stats
+
+
+async def test_sdk_reads_from_the_vms_host(api: FakeApi) -> None:
+    # fresh responses for each request: the sync and async transports read them differently
+    api.on("GET /v1/vms/vm-1/console-output", lambda _r: ok({"output": "x\n", "lines": 1}))
+    api.on("GET /v1/vms/vm-1/stats", lambda _r: ok({"cpu_time_ns": 1}))
+    with Client(URL, token="t", transport=httpx.MockTransport(api)) as c:
+        assert c.vm_console_output("vm-1", lines=7)["output"] == "x\n"
+        assert c.vm_stats("vm-1") == {"cpu_time_ns": 1}
+    async with AsyncClient(URL, token="t", transport=httpx.MockTransport(api)) as ac:
+        assert (await ac.vm_console_output("vm-1"))["lines"] == 1
+        assert await ac.vm_stats("vm-1") == {"cpu_time_ns": 1}
+    params = [r.url.params.get("lines") for r in api.to("GET /v1/vms/vm-1/console-output")]
+    assert params == ["7", "50"]
+
+
 # -- placement groups and the recycle bin -----------------------------------------------
 
 

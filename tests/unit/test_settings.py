@@ -131,5 +131,18 @@ def test_start_banner_hides_bus_password(tmp_path: Path):
     from altostack.server import banner
 
     s = Settings(data_dir=tmp_path, bus="nats://alto:natspass@nats.example:4222")
-    text = banner(SimpleNamespace(settings=s, bootstrap_password=None))  # type: ignore[arg-type]
+    text = banner(SimpleNamespace(settings=s, bootstrap_password=None, agents=[]))  # type: ignore[arg-type]
     assert "natspass" not in text
+
+
+def test_driver_auto_picks_qemu_where_it_is_installed(monkeypatch: pytest.MonkeyPatch):
+    from altostack import allinone
+
+    assert Settings().driver == "auto"
+    assert allinone.resolve_driver("sim") == "sim"
+    assert allinone.resolve_driver("qemu") == "qemu"
+    monkeypatch.setattr(allinone, "qemu_binary", lambda arch: None)
+    assert allinone.resolve_driver("auto") == "sim"
+    monkeypatch.setattr(allinone, "qemu_binary", lambda arch: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(allinone.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert allinone.resolve_driver("auto") == "qemu"

@@ -15,7 +15,12 @@ from typing import Any
 
 import structlog
 
-from altostack.agent.codec import host_info_to_dict, spec_from_dict, status_to_dict
+from altostack.agent.codec import (
+    host_info_to_dict,
+    spec_from_dict,
+    stats_to_dict,
+    status_to_dict,
+)
 from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
 from altostack.bus import Bus, Message, Subscription
@@ -25,6 +30,13 @@ from altostack.drivers.errors import BackendFailure, DriverError
 from altostack.drivers.storage.base import StorageDriver
 
 log = structlog.get_logger(__name__)
+
+MAX_CONSOLE_LINES = 1000
+"""The most console lines one answer carries (bus messages stay small)."""
+
+
+READS = frozenset({"console_output", "vm_stats"})
+"""Commands that only look: they run beside the VM's operations, not after them."""
 
 
 class Agent:
@@ -97,8 +109,11 @@ class Agent:
         vm_id = str(data.get("vm_id") or (data.get("spec") or {}).get("id") or "")
         lock = self._locks.setdefault(vm_id, asyncio.Lock())
         try:
-            async with lock:
+            if action in READS:  # never queued behind a 60 s stop of the same VM
                 result = await handler(data)
+            else:
+                async with lock:
+                    result = await handler(data)
         except DriverError as exc:
             log.warning("driver refused", action=action, vm_id=vm_id, error=exc.message)
             return {"ok": False, "error": exc.as_dict()}
@@ -147,6 +162,13 @@ class Agent:
         async def console(d: dict[str, Any]) -> dict[str, Any]:
             return {"console": dataclasses.asdict(await c.console(d["vm_id"]))}
 
+        async def console_output(d: dict[str, Any]) -> dict[str, Any]:
+            lines = max(0, min(int(d.get("lines", 50)), MAX_CONSOLE_LINES))
+            return {"output": c.console_output(d["vm_id"], lines)}
+
+        async def vm_stats(d: dict[str, Any]) -> dict[str, Any]:
+            return {"stats": stats_to_dict(await c.vm_stats(d["vm_id"]))}
+
         async def delete(d: dict[str, Any]) -> dict[str, Any]:
             await c.delete_vm(d["vm_id"])
             return {}
@@ -166,6 +188,8 @@ class Agent:
             "reinstall_vm": reinstall,
             "set_password": set_password,
             "console": console,
+            "console_output": console_output,
+            "vm_stats": vm_stats,
             "delete_vm": delete,
             "list_vms": list_vms,
             "host_info": host_info,

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from altostack.drivers.compute.base import HostInfo, NicSpec, VmSpec, VmStatus
+from altostack.drivers.compute.base import HostInfo, NicSpec, VmSpec, VmStats, VmStatus
 
 
 def spec_from_dict(data: dict[str, Any]) -> VmSpec:
@@ -29,4 +29,11 @@ def status_to_dict(status: VmStatus) -> dict[str, Any]:
 def host_info_to_dict(info: HostInfo) -> dict[str, Any]:
     out = dataclasses.asdict(info)
     out["gpus"] = [dataclasses.asdict(g) for g in info.gpus]
+    return out
+
+
+def stats_to_dict(stats: VmStats) -> dict[str, Any]:
+    out = dataclasses.asdict(stats)
+    out["collected_at"] = stats.collected_at.isoformat()
+    out["started_at"] = stats.started_at.isoformat() if stats.started_at else None
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ import structlog
 
 from altostack.agent.agent import Agent
 from altostack.agent.codec import host_info_to_dict
+from altostack.agent.images import HttpImageSource
 from altostack.bus import connect
 from altostack.drivers.compute.base import ComputeDriver
+from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.storage.sim import SimStorageDriver
@@ -39,6 +42,15 @@ class AgentOptions:
     heartbeat_interval: float = 5.0
     sim_timing_scale: float = 1.0
     state_dir: Path | None = None
+    console_host: str = "127.0.0.1"
+
+
+def default_state_dir() -> Path:
+    return (
+        Path("/var/lib/altostack")
+        if os.geteuid() == 0
+        else Path.home() / ".local/share/altostack-agent"
+    )
 
 
 def build_driver(options: AgentOptions) -> ComputeDriver:
@@ -48,7 +60,17 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
         return SimComputeDriver(
             hypervisor, timings=timings, storage=SimStorageDriver(timings=timings)
         )
-    raise SystemExit(f"driver {options.driver!r} is not available yet (use --driver sim)")
+    if options.driver == "qemu":
+        from altostack.client import AsyncClient
+        from altostack.drivers.compute.qemu import QemuComputeDriver
+
+        state_dir = options.state_dir or default_state_dir()
+        source = HttpImageSource(AsyncClient(options.join_url))
+        images = LocalImageCache(state_dir / "images", source)
+        return QemuComputeDriver(
+            state_dir, images, hostname=options.hostname, console_host=options.console_host
+        )
+    raise SystemExit(f"unknown driver {options.driver!r} (qemu or sim)")
 
 
 async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, str]:
@@ -95,3 +117,6 @@ async def run(options: AgentOptions) -> None:
     await stop.wait()
     await agent.stop()
     await bus.close()
+    images = getattr(driver, "images", None)
+    if isinstance(getattr(images, "source", None), HttpImageSource):
+        await images.source.aclose()  # type: ignore[union-attr]

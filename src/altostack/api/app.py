@@ -26,6 +26,7 @@ from altostack.api.routers import (
     roles,
     tenants,
     users,
+    vm_host,
     vms,
 )
 
@@ -47,6 +48,7 @@ ROUTERS = [
     vms.router,
     console.router,
     network.router,
+    vm_host.router,
     events.router,
 ]
 

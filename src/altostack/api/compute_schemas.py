@@ -247,6 +247,9 @@ class VmOut(BaseModel):
     tags: dict[str, str]
     generation: int
     observed_generation: int
+    accel: str | None = Field(
+        None, description="What its host runs it with (kvm, tcg, sim), as the host reported"
+    )
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
@@ -271,6 +274,42 @@ class ResizeArgs(Strict):
 class PasswordArgs(Strict):
     password: str = Field(min_length=1, max_length=128)
     user: str | None = Field(None, max_length=32)
+
+
+class ConsoleOutput(BaseModel):
+    vm_id: str
+    host_id: str
+    lines: int = Field(description="How many lines ``output`` holds")
+    output: str = Field(description="The tail of the serial console, lines ending in \\n")
+
+
+class DiskStatsOut(BaseModel):
+    name: str
+    read_bytes: int
+    write_bytes: int
+    read_ops: int
+    write_ops: int
+
+
+class NicStatsOut(BaseModel):
+    name: str
+    rx_bytes: int = Field(description="Received by the guest")
+    tx_bytes: int = Field(description="Sent by the guest")
+    rx_packets: int
+    tx_packets: int
+
+
+class VmStatsOut(BaseModel):
+    vm_id: str
+    host_id: str
+    collected_at: datetime
+    started_at: datetime | None = Field(description="Counters count from here (a new value: reset)")
+    cpu_time_ns: int = Field(description="CPU time of the VM's process (vCPUs + emulation)")
+    memory_rss_bytes: int = Field(description="Host memory the VM's process holds")
+    memory_mib: int
+    vcpus: int
+    disks: list[DiskStatsOut]
+    nics: list[NicStatsOut] = Field(description="NICs whose backend the host can count")
 
 
 class Console(BaseModel):

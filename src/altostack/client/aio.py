@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from altostack.client.base import BaseClient, QueryArg
+from altostack.client.base import BaseClient, QueryArg, path_of
 from altostack.client.credentials import Credentials
 from altostack.client.errors import OperationFailed, TransportFailure, WaitTimeout
 from altostack.client.flows import OperationWait, Pager, ProgressCallback
@@ -248,6 +248,20 @@ class AsyncClient(BaseClient):
 
     async def whoami(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.get("/v1/auth/whoami")
+        return result
+
+    # -- what a VM's host sees ---------------------------------------------------------
+
+    async def vm_console_output(self, vm_id: str, lines: int = 50) -> dict[str, Any]:
+        """The tail of the VM's serial console: ``{"vm_id", "host_id", "lines", "output"}``."""
+        result: dict[str, Any] = await self.get(
+            path_of("/v1/vms", vm_id, "console-output"), {"lines": lines}
+        )
+        return result
+
+    async def vm_stats(self, vm_id: str) -> dict[str, Any]:
+        """CPU time, memory, disk and network counters of a running VM, read now."""
+        result: dict[str, Any] = await self.get(path_of("/v1/vms", vm_id, "stats"))
         return result
 
     # -- operations -----------------------------------------------------------------

@@ -259,6 +259,20 @@ class Client(BaseClient):
         result: dict[str, Any] = self.get("/v1/auth/whoami")
         return result
 
+    # -- what a VM's host sees ---------------------------------------------------------
+
+    def vm_console_output(self, vm_id: str, lines: int = 50) -> dict[str, Any]:
+        """The tail of the VM's serial console: ``{"vm_id", "host_id", "lines", "output"}``."""
+        result: dict[str, Any] = self.get(
+            path_of("/v1/vms", vm_id, "console-output"), {"lines": lines}
+        )
+        return result
+
+    def vm_stats(self, vm_id: str) -> dict[str, Any]:
+        """CPU time, memory, disk and network counters of a running VM, read now."""
+        result: dict[str, Any] = self.get(path_of("/v1/vms", vm_id, "stats"))
+        return result
+
     # -- operations -----------------------------------------------------------------
 
     def operation(self, op_id: str) -> dict[str, Any]:

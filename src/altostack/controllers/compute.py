@@ -172,6 +172,7 @@ class ComputeController:
                 if observed == "crashed":
                     vm.reason = "the guest crashed"
                 vm.observed_generation = int(status.get("generation") or vm.observed_generation)
+                vm.accel = status.get("accel") or vm.accel
             await uow.commit()
             return {"state": vm.state, "generation": vm.observed_generation}
 

@@ -22,6 +22,8 @@ ACTIONS = frozenset(
         "reinstall_vm",
         "set_password",
         "console",
+        "console_output",
+        "vm_stats",
         "delete_vm",
         "list_vms",
         "host_info",

@@ -76,6 +76,7 @@ def vm_view(vm: Vm) -> dict[str, Any]:
         "tags": dict(vm.tags or {}),
         "generation": vm.generation,
         "observed_generation": vm.observed_generation,
+        "accel": vm.accel,
         "created_at": vm.created_at,
         "updated_at": vm.updated_at,
         "deleted_at": vm.deleted_at,

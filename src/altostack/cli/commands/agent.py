@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +18,16 @@ def register(app: typer.Typer) -> None:
         hostname: Annotated[
             str, typer.Option(help="Name of this host (unique; re-joining keeps the id)")
         ] = socket.gethostname(),
-        driver: Annotated[str, typer.Option(help="Compute driver: sim (qemu comes next)")] = "sim",
+        driver: Annotated[
+            str, typer.Option(help="Compute driver: qemu (this machine's QEMU) or sim")
+        ] = "sim",
+        state_dir: Annotated[
+            Path | None,
+            typer.Option(help="qemu: VMs and base images (default /var/lib/altostack as root)"),
+        ] = None,
+        console_host: Annotated[
+            str, typer.Option(help="qemu: address the VMs' VNC consoles listen on")
+        ] = "127.0.0.1",
         bus: Annotated[
             str | None, typer.Option(help="Bus URL; default: the one the control plane uses")
         ] = None,
@@ -39,5 +49,7 @@ def register(app: typer.Typer) -> None:
             bus=bus,
             heartbeat_interval=heartbeat,
             sim_timing_scale=sim_timing_scale,
+            state_dir=state_dir,
+            console_host=console_host,
         )
         asyncio.run(run(options))

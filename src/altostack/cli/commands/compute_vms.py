@@ -460,6 +460,64 @@ def vm_console(ctx: typer.Context, vm_id: str, output: OutputOption = None) -> N
     note(state, f"Open: {full}")
 
 
+@vms.command("console-output")
+def vm_console_output(
+    ctx: typer.Context,
+    vm_id: str,
+    lines: Annotated[int, typer.Option(min=1, max=1000, help="How many last lines")] = 50,
+    output: OutputOption = None,
+) -> None:
+    """The tail of the VM's serial console (boot messages, a guest's readiness line)."""
+    state = get_state(ctx, output)
+    result = state.client().vm_console_output(resolve_vm(state, vm_id), lines)
+    if state.output is OutputFormat.table:  # the text as the guest printed it
+        typer.echo(str(result.get("output") or ""), nl=False)
+        return
+    emit_object(state, result)
+
+
+def stats_view(stats: Row) -> Row:
+    """Counters as people read them; JSON and YAML keep the API's raw numbers."""
+    disks = stats.get("disks") or []
+    nics = stats.get("nics") or []
+    return {
+        "vm_id": stats.get("vm_id"),
+        "host_id": stats.get("host_id"),
+        "collected_at": stats.get("collected_at"),
+        "started_at": stats.get("started_at"),
+        "cpu_seconds": round(int(stats.get("cpu_time_ns") or 0) / 1e9, 2),
+        "memory_rss": human_mib(int(stats.get("memory_rss_bytes") or 0) // 1024**2),
+        "memory": human_mib(stats.get("memory_mib")),
+        "vcpus": stats.get("vcpus"),
+        **{
+            f"disk {d['name']}": f"read {human_bytes(d['read_bytes'])} ({d['read_ops']} ops), "
+            f"written {human_bytes(d['write_bytes'])} ({d['write_ops']} ops)"
+            for d in disks
+        },
+        **{
+            f"nic {n['name']}": f"rx {human_bytes(n['rx_bytes'])}, tx {human_bytes(n['tx_bytes'])}"
+            for n in nics
+        },
+    }
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+@vms.command("stats")
+def vm_stats(ctx: typer.Context, vm_id: str, output: OutputOption = None) -> None:
+    """CPU time, memory, disk and network counters of a running VM (since it started)."""
+    state = get_state(ctx, output)
+    result = state.client().vm_stats(resolve_vm(state, vm_id))
+    emit_object(state, stats_view(result) if state.output is OutputFormat.table else result)
+
+
 # -- placement groups ------------------------------------------------------------------
 
 

@@ -211,6 +211,54 @@ class VmStatus:
     console: ConsoleEndpoint | None
     image_id: str | None = None
     """The image the root disk was (re)installed from."""
+    accel: Accel | None = None
+    """The accelerator the VM runs (or will next run) with: ``kvm``, ``tcg`` or ``sim``."""
+
+
+@dataclass(frozen=True)
+class DiskStats:
+    """Cumulative I/O counters of one virtual disk since its VM's process started."""
+
+    name: str
+    read_bytes: int
+    write_bytes: int
+    read_ops: int
+    write_ops: int
+
+
+@dataclass(frozen=True)
+class NicStats:
+    """Cumulative traffic counters of one virtual NIC, from the guest's side (``rx``: what
+    the guest received)."""
+
+    name: str
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+
+@dataclass(frozen=True)
+class VmStats:
+    """Resource counters of a running VM, for monitoring and accounting.
+
+    Counters are cumulative since ``started_at`` (the VM's current process): a consumer
+    computes rates from two samples and treats a new ``started_at`` as a counter reset.
+    ``nics`` lists only NICs whose backend the host can count.
+    """
+
+    id: str
+    collected_at: datetime
+    started_at: datetime | None
+    cpu_time_ns: int
+    """CPU time (user + system) the VM's process used: vCPUs and device emulation."""
+    memory_rss_bytes: int
+    """Host memory the VM's process holds now."""
+    memory_mib: int
+    """The memory the guest was given."""
+    vcpus: int
+    disks: tuple[DiskStats, ...] = ()
+    nics: tuple[NicStats, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -396,6 +444,23 @@ class ComputeDriver(abc.ABC):
 
         ``NotSupported`` without the ``console`` capability; the VM must be running or
         paused (``InvalidState`` otherwise).
+        """
+
+    @abc.abstractmethod
+    def console_output(self, vm_id: str, lines: int | None = None) -> str:
+        """The last ``lines`` lines of the VM's serial console log (all of it with None).
+
+        The log spans the VM's boots and survives a stop; a VM never started has an empty
+        one. ``VmNotFound`` for a missing VM. Synchronous on purpose: it only reads what
+        the host already wrote and never waits for the guest.
+        """
+
+    @abc.abstractmethod
+    async def vm_stats(self, vm_id: str) -> VmStats:
+        """CPU time, memory, disk and network counters of a running or paused VM.
+
+        ``VmNotFound`` for a missing VM; a VM that is not running or paused has no process
+        to count and raises ``InvalidState``.
         """
 
     @abc.abstractmethod

@@ -1,9 +1,12 @@
 """Base images on one host: ``<directory>/<image_id>.qcow2``, each stored once.
 
 The ``qemu`` driver makes every root disk a qcow2 overlay on one of these. Images arrive
-here by :meth:`LocalImageCache.add` (a hard link or a copy of a local file, checksummed);
-the local storage driver will fill it from the image service. A base image must never
-change while overlays use it: nothing here writes to one, and new content needs a new id.
+here by :meth:`LocalImageCache.add` (a hard link or a copy of a local file, checksummed),
+or on first use by :meth:`LocalImageCache.ensure` from an :class:`ImageSource` (the
+image service: a download, or on the all-in-one a file of its image store), verified
+against the image's SHA-256 and converted to qcow2 when it is raw or vmdk. A base image
+must never change while overlays use it: nothing here writes to one, and new content
+needs a new id.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from altostack.drivers.errors import BackendFailure, ImageNotFound, InvalidSpec
 
@@ -52,12 +57,31 @@ async def qemu_img_info(path: Path) -> dict[str, object]:
     return info
 
 
-class LocalImageCache:
-    """A directory of base images keyed by image id."""
+@dataclass(frozen=True)
+class FetchedImage:
+    """What an :class:`ImageSource` wrote, and what the image service says it must be."""
 
-    def __init__(self, directory: Path) -> None:
+    sha256: str
+    format: str
+    """``qcow2``, ``raw`` or ``vmdk`` (the image service's detection)."""
+
+
+class ImageSource(Protocol):
+    """Where a host gets base images it does not have yet (the image service)."""
+
+    async def fetch(self, image_id: str, target: Path) -> FetchedImage:
+        """Write the image's bytes to ``target``; ``ImageNotFound`` when there is none."""
+        ...
+
+
+class LocalImageCache:
+    """A directory of base images keyed by image id, filled from ``source`` on demand."""
+
+    def __init__(self, directory: Path, source: ImageSource | None = None) -> None:
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.source = source
+        self._fetching: dict[str, asyncio.Lock] = {}
 
     def _file(self, image_id: str) -> Path:
         _check_id(image_id)
@@ -103,6 +127,41 @@ class LocalImageCache:
                 tmp.unlink()
         return target
 
+    async def ensure(self, image_id: str) -> Path:
+        """The image's file, fetched once from the source if this host lacks it.
+
+        The download is checked against the image service's SHA-256 before it is used
+        (a mismatch is ``BackendFailure`` and keeps nothing); raw and vmdk images are
+        converted to qcow2 once, here. Concurrent calls for one image fetch it once.
+        """
+        target = self._file(image_id)
+        if target.is_file() or self.source is None:
+            return self.path(image_id)
+        async with self._fetching.setdefault(image_id, asyncio.Lock()):
+            if target.is_file():
+                return target
+            part = self.directory / f".{image_id}.{os.getpid()}.part"
+            converted = self.directory / f".{image_id}.{os.getpid()}.convert"
+            try:
+                fetched = await self.source.fetch(image_id, part)
+                digest = await asyncio.to_thread(sha256_file, part)
+                if digest != fetched.sha256.lower():
+                    raise BackendFailure(
+                        f"image {image_id} arrived with SHA-256 {digest}, the image service "
+                        f"says {fetched.sha256}: not used"
+                    )
+                if fetched.format != "qcow2":
+                    await _convert(part, fetched.format, converted)
+                    part.unlink()
+                    os.replace(converted, part)
+                os.chmod(part, 0o444)
+                os.replace(part, target)
+            finally:
+                for leftover in (part, converted):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+        return target
+
     def remove(self, image_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._file(image_id).unlink()
@@ -114,3 +173,18 @@ class LocalImageCache:
         if not isinstance(size, int):
             raise BackendFailure(f"qemu-img info of image {image_id!r} has no virtual size")
         return size
+
+
+async def _convert(source: Path, fmt: str, target: Path) -> None:
+    """``qemu-img convert`` a raw or vmdk image to qcow2 (base images are qcow2 here)."""
+    if fmt not in ("raw", "vmdk"):
+        raise InvalidSpec(f"image format {fmt!r} is not supported (qcow2, raw, vmdk)")
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(source), str(target),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackendFailure(f"qemu-img convert of {source.name}: {err.decode(errors='replace')}")

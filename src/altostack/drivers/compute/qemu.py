@@ -56,9 +56,11 @@ from altostack.drivers.compute.base import (
     StoppedBy,
     VmSpec,
     VmState,
+    VmStats,
     VmStatus,
     check_disk_spec,
 )
+from altostack.drivers.compute.console_log import tail_lines
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_cmdline import (
     NicForward,
@@ -115,6 +117,7 @@ from altostack.drivers.compute.qemu_seed import (
     read_seed,
     save_seed_json,
 )
+from altostack.drivers.compute.qemu_stats import disk_stats, process_counters
 from altostack.drivers.errors import (
     BackendFailure,
     DriverError,
@@ -227,13 +230,7 @@ class QemuComputeDriver(ComputeDriver):
         paths = self.paths(vm_id)
         if not paths.record.exists():
             raise VmNotFound(vm_id)
-        try:
-            text = paths.console_log.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-        if lines is None:
-            return text
-        return "".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else ""
+        return tail_lines(paths.console_log, lines)
 
     def http_endpoint(self, vm_id: str, nic: int = 0) -> tuple[str, int] | None:
         """Where the host reaches port 80 of the VM's NIC ``nic`` (user-mode networking)."""
@@ -364,6 +361,32 @@ class QemuComputeDriver(ComputeDriver):
             stopped_by=observed.stopped_by if state == "stopped" else None,
             console=console,
             image_id=record.image_id,
+            accel=record.accel,
+        )
+
+    async def vm_stats(self, vm_id: str) -> VmStats:
+        """Counters read beside any operation (no VM lock; QMP on the status socket)."""
+        paths = self.paths(vm_id)
+        observed = await self._observe(vm_id, tidy=False)
+        if observed is None:
+            raise VmNotFound(vm_id)
+        self._require_state(observed, "running", "paused")
+        if observed.pid is None:
+            raise InvalidState(observed.state, ("running", "paused"), resource_id=vm_id)
+        lock = self._status_locks.setdefault(vm_id, asyncio.Lock())
+        async with lock, qmp_session(paths.status_socket, vm_id, timeout=5.0) as qmp:
+            blockstats = await qmp.execute("query-blockstats")
+        cpu_ns, rss = process_counters(observed.pid)
+        record = observed.record
+        return VmStats(
+            id=vm_id,
+            collected_at=datetime.now(UTC),
+            started_at=record.started,
+            cpu_time_ns=cpu_ns,
+            memory_rss_bytes=rss,
+            memory_mib=record.memory_mib,
+            vcpus=record.vcpus,
+            disks=disk_stats(blockstats),
         )
 
     async def _require(self, vm_id: str) -> _Observed:
@@ -399,7 +422,7 @@ class QemuComputeDriver(ComputeDriver):
 
     async def _create(self, spec: VmSpec) -> _Observed:
         self._check_arch(spec.arch)
-        base = self.images.path(spec.image_id)
+        base = await self.images.ensure(spec.image_id)
         if spec.power_state == "running":
             total = host_memory_mib()
             if spec.memory_mib > total:
@@ -754,7 +777,7 @@ class QemuComputeDriver(ComputeDriver):
             observed = await self._require(spec.id)
             self._require_state(observed, "stopped", "crashed")
             self._check_arch(spec.arch)
-            base = self.images.path(spec.image_id)
+            base = await self.images.ensure(spec.image_id)
             await self._check_image_fits(spec.image_id, spec.root_disk_gib)
             self._check_disk(spec.root_disk_gib, excluding=spec.id)
             record, paths = observed.record, self.paths(spec.id)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -129,31 +130,35 @@ async def launch(argv: list[str], *, timeout: float = LAUNCH_TIMEOUT) -> None:
     """Run a ``-daemonize`` QEMU command: returns once the daemon is up (or raises).
 
     QEMU's parent process exits when the daemon finished initialising, with the daemon's
-    start-up errors on its stderr.
+    start-up errors on its stderr. The end is the parent's exit, not the end of its output:
+    stderr goes to an unnamed temporary file, because a pipe may stay open in the daemon
+    (under uvloop ``communicate()`` then never returns).
     """
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise BackendFailure(f"cannot run {argv[0]}: {exc}") from exc
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise DriverTimeout(f"QEMU did not start within {timeout:.0f}s") from exc
-    except BaseException:
-        if proc.returncode is None:
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BackendFailure(f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError as exc:
             proc.kill()
-            await asyncio.shield(proc.wait())
-        raise
-    if proc.returncode != 0:
-        raise launch_error(err.decode(errors="replace"))
+            await proc.wait()
+            raise DriverTimeout(f"QEMU did not start within {timeout:.0f}s") from exc
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise launch_error(errors.read().decode(errors="replace"))
 
 
 # -- QMP -------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from altostack.drivers.compute.base import (
     NicSpec,
     ProgressCallback,
     VmSpec,
+    VmStats,
     VmStatus,
     check_disk_spec,
 )
@@ -226,6 +227,7 @@ class SimComputeDriver(ComputeDriver):
             vm = self.hypervisor.require_state(vm_id, "running")
             await self._work("reboot", self.timings.reboot, vm_id)
             vm.guest.boots += 1
+            self.hypervisor.log_boot(vm)
             return self._status(vm)
 
     async def _power_on(self, vm: SimVm) -> None:
@@ -243,6 +245,7 @@ class SimComputeDriver(ComputeDriver):
         vm.guest.boots += 1
         if self.disks is not None:
             await self.disks.booted(vm.spec, vm.guest.boots)
+        self.hypervisor.log_boot(vm)
 
     async def _power_off(self, vm: SimVm, *, timeout: float, force: bool) -> None:
         """ACPI first, the plug after ``timeout``; nothing changes if the stop fails."""
@@ -260,6 +263,7 @@ class SimComputeDriver(ComputeDriver):
             how = "forced"
         if vm.state != "crashed":
             vm.guest.last_shutdown = how
+            self.hypervisor.log_shutdown(vm, how)
         vm.state, vm.stopped_by, vm.started_at = "stopped", "api", None
         vm.console_password = None
 
@@ -355,6 +359,16 @@ class SimComputeDriver(ComputeDriver):
             vm.console_password = secrets.token_urlsafe(12)
             host = self.hypervisor.config.console_host
             return ConsoleEndpoint(host, vm.console_port, "vnc", vm.console_password)
+
+    def console_output(self, vm_id: str, lines: int | None = None) -> str:
+        log = list(self.hypervisor.require(vm_id).console_log)
+        if lines is not None:
+            log = log[-lines:] if lines > 0 else []
+        return "".join(f"{line}\n" for line in log)
+
+    async def vm_stats(self, vm_id: str) -> VmStats:
+        vm = self.hypervisor.require_state(vm_id, "running", "paused")
+        return self.hypervisor.stats(vm)
 
     async def delete_vm(self, vm_id: str) -> None:
         async with self.hypervisor.lock(vm_id):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,15 +22,20 @@ from altostack.drivers.compute.base import (
     DEFAULT_USER,
     ConsoleEndpoint,
     DiskSpec,
+    DiskStats,
     Gpu,
     StoppedBy,
     VmSpec,
     VmState,
+    VmStats,
     VmStatus,
 )
 from altostack.drivers.errors import InsufficientResources, InvalidState, VmNotFound
 
 SimState = VmState | Literal["creating"]
+
+CONSOLE_LINES = 5000
+"""How much serial console a sim VM keeps (a real log file grows; this one rolls)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class SimVm:
     """Attached data disks."""
     root_layers: list[str] = field(default_factory=lambda: ["root.qcow2"])
     """The root disk's chain, base first: the last one takes the writes."""
+    console_log: deque[str] = field(default_factory=lambda: deque(maxlen=CONSOLE_LINES))
+    """The serial console, one line per item, across boots."""
 
     @property
     def holds_memory(self) -> bool:
@@ -177,6 +185,64 @@ class SimHypervisor:
             stopped_by=vm.stopped_by if vm.state == "stopped" else None,
             console=endpoint if live and console else None,
             image_id=vm.guest.image_id,
+            accel="sim",
+        )
+
+    # -- what a guest would print and use ----------------------------------------------------
+
+    def log_boot(self, vm: SimVm) -> None:
+        """The serial console of one boot, shaped like the project's test image's."""
+        ip = vm.spec.nics[0].ip if vm.spec.nics else "none"
+        up = self.clock().strftime("%H:%M:%S")
+        vm.console_log.extend(
+            [
+                "SeaBIOS (version altostack-sim)",
+                "Booting from Hard Disk...",
+                "SYSLINUX 6.04 altostack-sim",
+                "[    0.000000] Linux version 6.1.0-sim (sim@altostack) #1 SMP",
+                f"[    0.000000] Command line: console=ttyS0 root=LABEL=alto-root ({up})",
+                f"[    0.180000] smpboot: Allowing {vm.vcpus} CPUs",
+                f"[    0.210000] Memory: {vm.memory_mib * 1024}K available",
+                f"[    0.420000] virtio_blk virtio1: [vda] {vm.spec.root_disk_gib * 2097152} "
+                "512-byte logical blocks",
+                "ALTO-GUEST-BOOT",
+                f"ALTO-GUEST-INFO boot={vm.guest.boots} instance={vm.spec.id}-{vm.guest.installs}"
+                f" seed=/dev/vdb keys={len(vm.guest.ssh_keys)}",
+                f"ALTO-GUEST-READY ip={ip} hostname={vm.guest.hostname}",
+                "",
+                f"{vm.guest.hostname} login: ",
+            ]
+        )
+
+    def log_shutdown(self, vm: SimVm, how: str) -> None:
+        if how == "clean":
+            vm.console_log.extend(["The system is going down NOW!", "reboot: Power down"])
+
+    def stats(self, vm: SimVm) -> VmStats:
+        """Plausible counters that grow with the time the VM has been running."""
+        now = self.clock()
+        started = vm.started_at or now
+        up = max((now - started).total_seconds(), 0.0)
+        mib = 1024 * 1024
+        boot_cpu, idle = 3.0, 0.02  # CPU-seconds of a boot; share of a vCPU while idle
+        return VmStats(
+            id=vm.spec.id,
+            collected_at=now,
+            started_at=vm.started_at,
+            cpu_time_ns=int((boot_cpu + up * idle * vm.vcpus) * 1e9),
+            memory_rss_bytes=int(vm.memory_mib * mib * min(1.0, 0.35 + up / 3600)),
+            memory_mib=vm.memory_mib,
+            vcpus=vm.vcpus,
+            disks=(
+                DiskStats(
+                    "root-disk",
+                    read_bytes=18 * mib + int(up * 512),
+                    write_bytes=64 * 1024 + int(up * 2048),
+                    read_ops=900 + int(up / 4),
+                    write_ops=12 + int(up / 2),
+                ),
+                DiskStats("seed-disk", 358400, 0, 30, 0),
+            ),
         )
 
     def _allocate_port(self) -> int:
@@ -234,6 +300,7 @@ class SimHypervisor:
         vm = self.require_state(vm_id, "running")
         vm.state, vm.stopped_by, vm.started_at = "stopped", "guest", None
         vm.guest.last_shutdown = "clean"
+        self.log_shutdown(vm, "clean")
 
     def crash(self, vm_id: str) -> None:
         """The QEMU process dies (or the guest panics): state ``crashed``."""
