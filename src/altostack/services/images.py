@@ -23,7 +23,7 @@ from altostack.domain.ids import new_id
 from altostack.domain.operations import PermanentError, TemporaryError
 from altostack.domain.permissions import is_read
 from altostack.services import authz
-from altostack.services.context import RequestContext
+from altostack.services.context import SYSTEM, RequestContext
 from altostack.services.image_store import ImageStore
 from altostack.services.operations import OperationService
 from altostack.services.quotas import QuotaService
@@ -76,8 +76,10 @@ class ImageService:
 
     async def _take_quota(self, uow: UnitOfWork, tenant_id: str) -> None:
         """Images count against the tenant's ``images`` quota from creation (an image in
-        ``error`` still holds its place until deleted, as a VM in error does)."""
-        if self.quotas is not None:
+        ``error`` still holds its place until deleted, as a VM in error does). The
+        platform's own images (the built-in ``system`` principal, no tenant row) count
+        against nothing."""
+        if self.quotas is not None and tenant_id != SYSTEM.tenant_id:
             await self.quotas.consume(uow, tenant_id, "images", 1)
 
     async def create(
@@ -351,7 +353,7 @@ class ImageService:
             if in_use is not None:
                 raise Conflict(f"image {image_id} is used by VM {in_use}; delete the VMs first")
             await uow.session.delete(image)
-            if self.quotas is not None:
+            if self.quotas is not None and image.tenant_id != SYSTEM.tenant_id:
                 await self.quotas.release(uow, image.tenant_id, "images", 1)
             await uow.commit()
         self.store.delete(image_id)
