@@ -8,8 +8,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
 
 import structlog
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("alto_request_id", default=None)
+"""The API request being served. A plain context variable that the middleware sets on
+every request: structlog's ``bind_contextvars`` costs ~2 % of a polled GET."""
+
+
+def add_request_id(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if "request_id" not in event:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            event["request_id"] = request_id
+    return event
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
@@ -21,6 +38,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

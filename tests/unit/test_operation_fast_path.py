@@ -46,6 +46,8 @@ async def test_same_bytes_as_the_routed_handler_and_the_orm(client, admin, conta
         assert fast.status_code == routed.status_code == 200
         assert fast.content == routed.content
         assert fast.headers["content-type"] == routed.headers["content-type"]
+        assert fast.headers["content-length"] == str(len(fast.content))
+        assert len(fast.headers["x-request-id"]) == 32
         async with container.db.uow(write=False) as uow:
             orm = operation_view(await uow.operations.get(op_id))
         assert fast.json() == OperationOut.model_validate(orm).model_dump(mode="json")

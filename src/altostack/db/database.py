@@ -32,19 +32,22 @@ class PointReader:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
 
     def values(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """The first row as a plain tuple (no row factory: ~4 µs less per read)."""
-        if self._conn is None:
+        if self._cursor is None:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=ON")
-        found: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+            self._cursor = self._conn.cursor()  # reused: one object less per read
+        found: tuple[Any, ...] | None = self._cursor.execute(sql, params).fetchone()
         return found
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            self._cursor = None
 
 
 class Database:
