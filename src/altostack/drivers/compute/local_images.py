@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from altostack.drivers import tools
 from altostack.drivers.errors import BackendFailure, ImageNotFound, InvalidSpec
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -42,16 +43,10 @@ def sha256_file(path: Path) -> str:
 
 async def qemu_img_info(path: Path) -> dict[str, object]:
     """``qemu-img info --output=json`` of ``path`` (``-U``: it may be in use)."""
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", "info", "-U", "--output=json", str(path),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise BackendFailure(f"qemu-img info {path}: {err.decode(errors='replace').strip()}")
-    info = json.loads(out)
+    result = await tools.run(["qemu-img", "info", "-U", "--output=json", str(path)], timeout=60)
+    if result.returncode != 0:
+        raise BackendFailure(f"qemu-img info {path}: {result.stderr}")
+    info = json.loads(result.stdout)
     if not isinstance(info, dict):
         raise BackendFailure(f"qemu-img info {path}: unexpected output")
     return info
@@ -179,12 +174,7 @@ async def _convert(source: Path, fmt: str, target: Path) -> None:
     """``qemu-img convert`` a raw or vmdk image to qcow2 (base images are qcow2 here)."""
     if fmt not in ("raw", "vmdk"):
         raise InvalidSpec(f"image format {fmt!r} is not supported (qcow2, raw, vmdk)")
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(source), str(target),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise BackendFailure(f"qemu-img convert of {source.name}: {err.decode(errors='replace')}")
+    argv = ["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(source), str(target)]
+    result = await tools.run(argv, timeout=1800)
+    if result.returncode != 0:
+        raise BackendFailure(f"qemu-img convert of {source.name}: {result.stderr}")

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from altostack.drivers import tools
 from altostack.drivers.compute.base import (
     DEVICE_ID,
     Accel,
@@ -1198,14 +1199,8 @@ class QemuComputeDriver(ComputeDriver):
     async def _machine_type(self) -> str:
         """The versioned machine type ``pc`` stands for; recorded per VM so it stays."""
         if self._machine_type_cache is None:
-            proc = await asyncio.create_subprocess_exec(
-                self._binary(), "-machine", "help",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            out, _ = await proc.communicate()
-            self._machine_type_cache = parse_machine_help(out.decode(errors="replace")) or "pc"
+            result = await tools.run([self._binary(), "-machine", "help"], timeout=60)
+            self._machine_type_cache = parse_machine_help(result.stdout) or "pc"
         return self._machine_type_cache
 
     def _machine(self, record: VmRecord, *, incoming: bool = False) -> QemuMachine:
@@ -1316,24 +1311,13 @@ class QemuComputeDriver(ComputeDriver):
 
     @staticmethod
     async def _make_root_disk(base: Path, target: Path, size_gib: int) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
-            str(target), f"{size_gib}G",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2"]
         try:
-            _, err = await proc.communicate()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-            raise
-        if proc.returncode != 0:
+            await tools.check([*argv, str(target), f"{size_gib}G"])
+        except BackendFailure:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)
-            raise BackendFailure(f"qemu-img create failed: {err.decode(errors='replace')}")
+            raise
         os.chmod(target, 0o600)
 
     def _pick_vnc_port(self) -> int:
@@ -1366,16 +1350,8 @@ async def _make_overlay(backing_name: str, target: Path, size_gib: int) -> None:
 
     ``-u``: the backing file is not opened (a running QEMU holds its write lock).
     """
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing_name, "-F", "qcow2",
-        str(target), f"{size_gib}G",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise BackendFailure(f"qemu-img create failed: {err.decode(errors='replace')}")
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing_name, "-F", "qcow2"]
+    await tools.check([*argv, str(target), f"{size_gib}G"])
     os.chmod(target, 0o600)
 
 

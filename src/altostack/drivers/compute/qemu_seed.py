@@ -15,7 +15,6 @@ every boot; cloud-init runs ``chpasswd`` once per instance-id.)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from altostack.drivers import tools
 from altostack.drivers.errors import BackendFailure, InvalidSpec
 
 ISO_TOOLS = ("genisoimage", "mkisofs", "xorrisofs")
@@ -134,22 +134,10 @@ async def build_seed_iso(content: SeedContent, iso: Path) -> None:
         for name, text in files.items():
             _write_private(tmpdir / name, text)
         out = tmpdir / "seed.iso"
-        proc = await asyncio.create_subprocess_exec(
-            tool, "-quiet", "-output", str(out), "-volid", LABEL, "-joliet", "-rock",
-            *(str(tmpdir / name) for name in files),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            _, err = await proc.communicate()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-            raise
-        if proc.returncode != 0:
-            raise BackendFailure(f"{Path(tool).name} failed: {err.decode(errors='replace')}")
+        argv = [tool, "-quiet", "-output", str(out), "-volid", LABEL, "-joliet", "-rock"]
+        result = await tools.run([*argv, *(str(tmpdir / name) for name in files)], timeout=60)
+        if result.returncode != 0:
+            raise BackendFailure(f"{Path(tool).name} failed: {result.stderr}")
         os.chmod(out, 0o600)
         os.replace(out, iso)
 

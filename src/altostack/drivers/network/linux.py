@@ -23,7 +23,6 @@ one namespace per "host".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from altostack.drivers import tools
 from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.network.base import (
@@ -469,23 +469,9 @@ class LinuxNetworkDriver(NetworkDriver):
         argv = [nft, "-j", "-f", "-"]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(document).encode()), _NFT_TIMEOUT
-            )
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise BackendFailure(f"nft refused the ruleset: {err.decode(errors='replace').strip()}")
+        result = await tools.run(argv, timeout=_NFT_TIMEOUT, input=json.dumps(document).encode())
+        if result.returncode != 0:
+            raise BackendFailure(f"nft refused the ruleset: {result.stderr}")
 
     # -- helpers ---------------------------------------------------------------------------
 

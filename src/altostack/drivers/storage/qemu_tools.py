@@ -8,15 +8,13 @@ tool's own message kept, so an operator reads what QEMU said.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from altostack.drivers import tools
 from altostack.drivers.errors import (
     BackendFailure,
-    DriverTimeout,
     InsufficientResources,
     InvalidState,
 )
@@ -33,30 +31,15 @@ async def run(
     ``qemu-io`` reports a failed command on stdout ("write failed: ...") and, for some
     commands, still exits 0: both count as failures.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        await _kill(proc)
-        raise DriverTimeout(f"{_name(argv)} did not finish within {timeout:.0f} s") from None
-    except BaseException:  # cancelled: do not leave the child running
-        await _kill(proc)
-        raise
-    stdout = out.decode(errors="replace")
-    message = err.decode(errors="replace").strip()
-    ok = proc.returncode == 0
+    result = await tools.run(argv, timeout=timeout, cwd=cwd)
+    stdout, message = result.stdout, result.stderr
+    ok = result.returncode == 0
     if argv[0] == "qemu-io":
         failed = [line for line in stdout.splitlines() if " failed: " in line]
         message = "; ".join([*failed, message] if message else failed)
         ok = ok and not failed
     if not ok:
-        raise translate(_name(argv), message or f"exit status {proc.returncode}")
+        raise translate(tools.name_of(argv), message or f"exit status {result.returncode}")
     return stdout
 
 
@@ -88,14 +71,3 @@ async def info(
     if not isinstance(data, dict):
         raise BackendFailure(f"qemu-img info {path}: unexpected output")
     return data
-
-
-def _name(argv: Sequence[str]) -> str:
-    return " ".join(argv[:2])
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(proc.wait(), 10)
