@@ -32,7 +32,7 @@ from altostack.domain.ids import new_id
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import FetchedImage, LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
-from altostack.drivers.compute.qemu_host import host_arch, qemu_binary
+from altostack.drivers.compute.qemu_host import choose_run_as, host_arch, qemu_binary
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
@@ -207,7 +207,9 @@ def qemu_driver(c: Container) -> QemuComputeDriver:
     """The local host's QEMU driver: VMs and base images under ``<data_dir>/qemu``."""
     state_dir = c.settings.data_dir / "qemu"
     images = LocalImageCache(state_dir / "images", ImageStoreSource(c))
-    return QemuComputeDriver(state_dir, images, hostname=socket.gethostname())
+    run_as, why = choose_run_as(state_dir, c.settings.qemu_run_as)
+    log.info("QEMU privileges", run_as=run_as or "unchanged", reason=why)
+    return QemuComputeDriver(state_dir, images, hostname=socket.gethostname(), run_as=run_as)
 
 
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:

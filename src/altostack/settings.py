@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         "machine), sim (sim_hosts simulated ones), auto (qemu when qemu-system is installed)",
     )
     sim_hosts: int = Field(1, ge=0, le=10000)
+    qemu_run_as: str = Field(
+        "auto",
+        description="User QEMU drops to (-runas): auto = a dedicated alto-qemu user where "
+        "the host allows it (root agent, state dir reachable); '' = never; or a user name",
+    )
     default_image: Path | None = Field(
         None,
         description="qcow2 imported as the default public image when the qemu driver first "

@@ -12,6 +12,8 @@ the end, whatever happened.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import tempfile
@@ -39,6 +41,7 @@ def cloud() -> Iterator[tuple[httpx.Client, Path]]:
     image = guest_image()
     # A short root: QEMU's unix sockets live under it (108-byte limit on their paths).
     root = Path(tempfile.mkdtemp(prefix="alto-aio-"))
+    root.chmod(0o711)  # reachable for the qemu user, as /var/lib/altostack would be
     env = server_env(ALTO_DRIVER="qemu", ALTO_DEFAULT_IMAGE=str(image))
     server = AltoServer(root / "data", env=env)
     try:
@@ -95,6 +98,15 @@ def test_a_new_user_boots_the_default_image_through_the_api(cloud) -> None:
     assert sha256_file(cached) == image["checksum_sha256"]
     pid = int((root / "data" / "qemu" / "vms" / vm_id / "qemu.pid").read_text())
     assert process_alive(pid, vm_id)
+    # Where the host allows it (root, a data directory others can reach: /tmp here) QEMU
+    # drops to the dedicated user.
+    uid = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    )
+    if os.geteuid() == 0:
+        assert pwd.getpwuid(uid).pw_name == "alto-qemu"
 
     started = time.monotonic()
     output = ""

@@ -24,6 +24,7 @@ from altostack.agent.images import HttpImageSource
 from altostack.bus import connect
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import LocalImageCache
+from altostack.drivers.compute.qemu_host import choose_run_as
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.storage.sim import SimStorageDriver
@@ -67,8 +68,14 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
         state_dir = options.state_dir or default_state_dir()
         source = HttpImageSource(AsyncClient(options.join_url))
         images = LocalImageCache(state_dir / "images", source)
+        run_as, why = choose_run_as(state_dir, os.environ.get("ALTO_QEMU_RUN_AS", "auto"))
+        log.info("QEMU privileges", run_as=run_as or "unchanged", reason=why)
         return QemuComputeDriver(
-            state_dir, images, hostname=options.hostname, console_host=options.console_host
+            state_dir,
+            images,
+            hostname=options.hostname,
+            console_host=options.console_host,
+            run_as=run_as,
         )
     raise SystemExit(f"unknown driver {options.driver!r} (qemu or sim)")
 

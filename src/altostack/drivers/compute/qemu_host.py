@@ -128,3 +128,28 @@ def traversable_by(path: Path, user: RunAs) -> bool:
         if not st.st_mode & bit:
             return False
     return True
+
+
+def choose_run_as(state_dir: Path, wanted: str = "auto") -> tuple[str | None, str]:
+    """The user QEMU should drop to (``-runas``), and why, for a host's state directory.
+
+    ``wanted``: a user name (used as given), ``""`` (QEMU stays the agent's user), or
+    ``auto``: the dedicated ``alto-qemu`` user where the host allows it, i.e. the agent is
+    root, the user exists or can be made, and it can reach ``state_dir`` (a data directory
+    under a 0700 home cannot: then QEMU stays root and the reason says so).
+    """
+    if wanted != "auto":
+        return (wanted or None), ("configured" if wanted else "disabled by configuration")
+    if os.geteuid() != 0:
+        return None, "the agent is not root: QEMU runs as the agent's user"
+    user = ensure_qemu_user()
+    if user is None:
+        return None, f"the user {QEMU_USER} cannot be made here (no useradd?)"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if not traversable_by(state_dir, user):
+        return None, (
+            f"{user.name} cannot reach {state_dir} (a parent directory is not searchable "
+            "for it); put the data directory elsewhere (e.g. /var/lib/altostack) to drop "
+            "QEMU's privileges"
+        )
+    return user.name, "the host allows it"
