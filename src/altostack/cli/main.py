@@ -16,6 +16,7 @@ from altostack.cli.commands import (
     compute_vms,
     config,
     events,
+    network,
     ops,
     quotas,
     roles,
@@ -100,6 +101,9 @@ app.add_typer(compute_images.app, name="image")
 app.add_typer(compute_vms.vms, name="vm")
 app.add_typer(compute_vms.groups, name="group")
 app.add_typer(compute_vms.recycle_bin, name="recycle-bin")
+app.add_typer(network.vpcs, name="vpc")
+app.add_typer(network.subnets, name="subnet")
+app.add_typer(network.groups, name="sg")
 
 
 def main() -> None:
