@@ -62,7 +62,6 @@ class ApiMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests = _RequestCollector()
         self.registry.register(self._requests)
-        self._status: dict[int, str] = {}
         self.operations = Gauge(
             "alto_operations",
             "Operations in the database by state.",
@@ -71,9 +70,8 @@ class ApiMetrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        code = self._status.get(status) or self._status.setdefault(status, str(status))
         counts = self._requests.counts
-        key = (method, route, code)
+        key = (method, route, str(status))
         counts[key] = counts.get(key, 0) + 1
         hist = self._requests.latency.get((method, route))
         if hist is None:

@@ -69,9 +69,6 @@ class NetworkController:
             subnet = await uow.session.get(Subnet, ctx.resource_id)
             if subnet is not None and subnet.state == "creating":
                 subnet.state = "available"
-            vpc = await uow.session.get(Vpc, subnet.vpc_id) if subnet is not None else None
-            if vpc is not None and vpc.state == "creating":
-                vpc.state = "available"
             await uow.commit()
         return {"subnet_id": ctx.resource_id}
 

@@ -37,7 +37,6 @@ from altostack.db.database import Database
 from altostack.db.models_compute import ConsoleGrant, Vm
 from altostack.db.types import utcnow
 from altostack.domain import vm_states
-from altostack.domain.agent_protocol import agent_subject, command
 from altostack.domain.errors import (
     Conflict,
     DomainError,
@@ -46,6 +45,7 @@ from altostack.domain.errors import (
     PermissionDenied,
     Unavailable,
 )
+from altostack.services.agent_calls import ask_agent
 from altostack.services.context import Principal
 from altostack.services.events import EventService, build_event
 
@@ -318,20 +318,9 @@ class ConsoleService:
 
     async def _ask_agent(self, host_id: str, vm_id: str) -> dict[str, Any]:
         """The agent's ``console`` command: the endpoint with a fresh password."""
-        try:
-            reply = await self.bus.request(
-                agent_subject(host_id), command("console", vm_id=vm_id), timeout=self.agent_timeout
-            )
-        except TimeoutError:
-            raise Unavailable(
-                f"the agent of host {host_id} did not answer within {self.agent_timeout:g} s"
-            ) from None
-        if not reply.get("ok"):
-            error = reply.get("error") or {}
-            message = f"{error.get('code', 'Error')}: {error.get('message', 'unknown error')}"
-            if error.get("code") in ("InvalidState", "VmNotFound", "NotSupported"):
-                raise Conflict(f"the host cannot open the console of VM {vm_id}: {message}")
-            raise Unavailable(f"the host could not open the console of VM {vm_id}: {message}")
+        reply = await ask_agent(
+            self.bus, host_id, "console", timeout=self.agent_timeout, vm_id=vm_id
+        )
         endpoint = reply.get("console")
         if not isinstance(endpoint, dict) or "host" not in endpoint or "port" not in endpoint:
             raise Unavailable(f"the agent gave no console endpoint for VM {vm_id}")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from altostack.db.database import Database
@@ -35,6 +35,8 @@ from altostack.services import authz
 from altostack.services.context import RequestContext
 from altostack.services.operations import OperationService, operation_view
 from altostack.services.quotas import QuotaService
+
+T = TypeVar("T")
 
 VNI_MIN, VNI_MAX = 4096, 2**24 - 1
 MIN_PREFIX, MAX_PREFIX = 8, 28
@@ -90,6 +92,43 @@ def _ipv4_network(field: str, text: str) -> ipaddress.IPv4Network:
     return net
 
 
+async def _unique_name(uow: UnitOfWork, model: Any, scope: Any, name: str, kind: str) -> None:
+    found = await uow.session.scalar(select(model.id).where(scope, model.name == name))
+    if found is not None:
+        raise Conflict(f"a {kind} named {name!r} already exists ({found})")
+
+
+async def _load(
+    uow: UnitOfWork,
+    ctx: RequestContext,
+    model: type[T],
+    ident: str,
+    perm: str,
+    kind: str,
+    *,
+    lock: bool = False,
+) -> T:
+    """A tenant-owned row, or the same 404/403 the rest of the API gives."""
+    row = await uow.session.get(model, ident, with_for_update=lock or None)
+    owner = getattr(row, "tenant_id", None)
+    authz.require(ctx, perm, tenant_id=owner, kind=kind, ident=ident)
+    assert row is not None
+    return row
+
+
+def _filters(
+    ctx: RequestContext, model: Any, tenant_id: str | None, **equal: str | None
+) -> list[ColumnElement[bool]]:
+    """A list's WHERE: the caller's tenant (admins: any or the one asked for), then each
+    field given."""
+    where: list[ColumnElement[bool]] = []
+    target = authz.tenant_filter(ctx, tenant_id)
+    if target:
+        where.append(model.tenant_id == target)
+    where += [getattr(model, field) == value for field, value in equal.items() if value]
+    return where
+
+
 class NetworkService:
     def __init__(self, db: Database, operations: OperationService, quotas: QuotaService) -> None:
         self.db = db
@@ -103,7 +142,7 @@ class NetworkService:
         net = _ipv4_network("cidr", cidr)
         tenant_id = ctx.principal.tenant_id
         async with self.db.uow() as uow:
-            await self._unique_name(uow, Vpc, Vpc.tenant_id == tenant_id, name, "VPC")
+            await _unique_name(uow, Vpc, Vpc.tenant_id == tenant_id, name, "VPC")
             await self.quotas.consume(uow, tenant_id, "vpcs")
             vpc = Vpc(
                 id=new_id("vpc"),
@@ -150,22 +189,12 @@ class NetworkService:
                 return vni
         raise Conflict("no free VXLAN network identifier; the region is full")
 
-    async def _unique_name(
-        self, uow: UnitOfWork, model: Any, scope: Any, name: str, kind: str
-    ) -> None:
-        found = await uow.session.scalar(select(model.id).where(scope, model.name == name))
-        if found is not None:
-            raise Conflict(f"a {kind} named {name!r} already exists ({found})")
-
     async def load_vpc(
         self, uow: UnitOfWork, ctx: RequestContext, vpc_id: str, perm: str, *, lock: bool = False
     ) -> Vpc:
         # ``lock``: on PostgreSQL the row lock serialises subnet changes of one VPC, so two
         # overlapping subnets cannot both pass the overlap check (SQLite has one writer).
-        vpc = await uow.session.get(Vpc, vpc_id, with_for_update=lock or None)
-        authz.require(ctx, perm, tenant_id=vpc.tenant_id if vpc else None, kind="VPC", ident=vpc_id)
-        assert vpc is not None
-        return vpc
+        return await _load(uow, ctx, Vpc, vpc_id, perm, "VPC", lock=lock)
 
     async def get_vpc(self, ctx: RequestContext, vpc_id: str) -> dict[str, Any]:
         async with self.db.uow(write=False) as uow:
@@ -181,12 +210,7 @@ class NetworkService:
         cursor: str | None = None,
     ) -> Page[Vpc]:
         authz.require(ctx, "vpc:read")
-        where = []
-        target = authz.tenant_filter(ctx, tenant_id)
-        if target:
-            where.append(Vpc.tenant_id == target)
-        if name:
-            where.append(Vpc.name == name)
+        where = _filters(ctx, Vpc, tenant_id, name=name)
         async with self.db.uow(write=False) as uow:
             return await page_of(uow.session, Vpc, where, limit=limit, cursor=cursor)
 
@@ -296,16 +320,7 @@ class NetworkService:
     async def load_subnet(
         self, uow: UnitOfWork, ctx: RequestContext, subnet_id: str, perm: str
     ) -> Subnet:
-        subnet = await uow.session.get(Subnet, subnet_id)
-        authz.require(
-            ctx,
-            perm,
-            tenant_id=subnet.tenant_id if subnet else None,
-            kind="subnet",
-            ident=subnet_id,
-        )
-        assert subnet is not None
-        return subnet
+        return await _load(uow, ctx, Subnet, subnet_id, perm, "subnet")
 
     async def get_subnet(self, ctx: RequestContext, subnet_id: str) -> dict[str, Any]:
         async with self.db.uow(write=False) as uow:
@@ -332,14 +347,7 @@ class NetworkService:
         cursor: str | None = None,
     ) -> Page[Subnet]:
         authz.require(ctx, "subnet:read")
-        where = []
-        target = authz.tenant_filter(ctx, tenant_id)
-        if target:
-            where.append(Subnet.tenant_id == target)
-        if vpc_id:
-            where.append(Subnet.vpc_id == vpc_id)
-        if name:
-            where.append(Subnet.name == name)
+        where = _filters(ctx, Subnet, tenant_id, vpc_id=vpc_id, name=name)
         async with self.db.uow(write=False) as uow:
             return await page_of(uow.session, Subnet, where, limit=limit, cursor=cursor)
 
@@ -477,7 +485,7 @@ class SecurityGroupService:
         async with self.db.uow() as uow:
             vpc = await self.network.load_vpc(uow, ctx, vpc_id, "vpc:read")
             scope = SecurityGroup.vpc_id == vpc.id
-            await self.network._unique_name(uow, SecurityGroup, scope, name, "security group")
+            await _unique_name(uow, SecurityGroup, scope, name, "security group")
             await self.quotas.consume(uow, vpc.tenant_id, "security_groups")
             group = SecurityGroup(
                 id=new_id("sg"),
@@ -494,16 +502,7 @@ class SecurityGroupService:
     async def load(
         self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
     ) -> SecurityGroup:
-        group = await uow.session.get(SecurityGroup, group_id)
-        authz.require(
-            ctx,
-            perm,
-            tenant_id=group.tenant_id if group else None,
-            kind="security group",
-            ident=group_id,
-        )
-        assert group is not None
-        return group
+        return await _load(uow, ctx, SecurityGroup, group_id, perm, "security group")
 
     async def _rules(self, uow: UnitOfWork, group_id: str) -> list[SecurityGroupRule]:
         found = await uow.session.scalars(
@@ -527,14 +526,7 @@ class SecurityGroupService:
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         authz.require(ctx, "security-group:read")
-        where = []
-        target = authz.tenant_filter(ctx, tenant_id)
-        if target:
-            where.append(SecurityGroup.tenant_id == target)
-        if vpc_id:
-            where.append(SecurityGroup.vpc_id == vpc_id)
-        if name:
-            where.append(SecurityGroup.name == name)
+        where = _filters(ctx, SecurityGroup, tenant_id, vpc_id=vpc_id, name=name)
         async with self.db.uow(write=False) as uow:
             page = await page_of(uow.session, SecurityGroup, where, limit=limit, cursor=cursor)
             ids = [g.id for g in page.items]
