@@ -43,6 +43,7 @@ def root_volume_id(vm_id: str) -> str:
 
 VolumeSource = tuple[SourceKind, str]
 ImageFormat = Literal["qcow2", "raw", "vmdk"]
+PoolHealth = Literal["ok", "degraded", "error"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class PoolInfo:
     allocated_bytes: int
     provisioned_bytes: int
     """Sum of volume sizes (can exceed capacity on a thin pool)."""
+    health: PoolHealth = "ok"
+    """``degraded``: data is served but redundancy is reduced (e.g. an OSD down);
+    ``error``: I/O may fail or hang. Surfaced on the storage pool in the admin API."""
+    health_detail: str = ""
+    """The backend's own words for a health other than ``ok``."""
 
 
 @dataclass(frozen=True)
