@@ -21,12 +21,17 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One L2 overlay segment: VXLAN ``vni``, an IPv4/IPv6 ``cidr`` and its gateway."""
+    """One L2 overlay segment: a VPC on one host (VXLAN ``vni``, the VPC's ``cidr``).
+
+    One network per VPC, not per subnet: every subnet of the VPC shares the bridge, and
+    the VPC's router (:class:`RouterSpec`) holds each subnet's gateway. ``gateway_ip`` is
+    for a single-subnet network that has no router; ports may not take it.
+    """
 
     id: str
     vni: int
     cidr: str
-    gateway_ip: str
+    gateway_ip: str | None = None
     mtu: int = 1450
     peers: tuple[str, ...] = ()
     """Underlay addresses of the other hosts that have this network: the VXLAN device
@@ -41,7 +46,7 @@ class NetworkSpec:
         if not 576 <= self.mtu <= 9000:
             raise ValueError("mtu must be in 576..9000")
         net = ipaddress.ip_network(self.cidr)  # raises ValueError when malformed
-        if ipaddress.ip_address(self.gateway_ip) not in net:
+        if self.gateway_ip is not None and ipaddress.ip_address(self.gateway_ip) not in net:
             raise ValueError(f"gateway {self.gateway_ip} is outside {self.cidr}")
 
 
@@ -133,6 +138,161 @@ class SecurityGroupSpec:
         object.__setattr__(self, "rules", tuple(self.rules))
 
 
+# -- the VPC router: gateways, DHCP, metadata, NAT and elastic IPs ---------------------------
+
+
+@dataclass(frozen=True)
+class RouterSubnet:
+    """A subnet of the VPC as its router serves it: the gateway address and DHCP."""
+
+    id: str
+    cidr: str
+    gateway_ip: str
+    dhcp: bool = True
+    dns_servers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dns_servers", tuple(self.dns_servers))
+        net = ipaddress.ip_network(self.cidr)
+        if ipaddress.ip_address(self.gateway_ip) not in net:
+            raise ValueError(f"gateway {self.gateway_ip} is outside {self.cidr}")
+
+
+@dataclass(frozen=True)
+class DhcpHost:
+    """A static DHCP reservation from IPAM (``--dhcp-host=MAC,IP,name``)."""
+
+    mac: str
+    ip: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class InstanceMetadata:
+    """What the metadata service answers to the VM whose NIC has ``ip`` in this VPC."""
+
+    ip: str
+    instance_id: str
+    hostname: str
+    public_keys: tuple[str, ...] = ()
+    user_data: str | None = None
+    public_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_keys", tuple(self.public_keys))
+
+
+@dataclass(frozen=True)
+class SnatRule:
+    """Source NAT of ``source_cidr`` (a subnet, or one VM as a /32) to ``public_ip``."""
+
+    source_cidr: str
+    public_ip: str
+
+    def __post_init__(self) -> None:
+        net = ipaddress.ip_network(self.source_cidr, strict=False)
+        object.__setattr__(self, "source_cidr", str(net))
+        ipaddress.ip_address(self.public_ip)
+
+
+@dataclass(frozen=True)
+class EipBinding:
+    """1:1 NAT between an elastic IP and a private address, optionally rate limited."""
+
+    public_ip: str
+    private_ip: str
+    bandwidth_mbps: int | None = None
+
+    def __post_init__(self) -> None:
+        ipaddress.ip_address(self.public_ip)
+        ipaddress.ip_address(self.private_ip)
+        if self.bandwidth_mbps is not None and self.bandwidth_mbps < 1:
+            raise ValueError("bandwidth_mbps must be positive")
+
+
+@dataclass(frozen=True)
+class DnatRule:
+    """A port mapping: ``public_ip:public_port`` to ``private_ip:private_port``."""
+
+    public_ip: str
+    protocol: Literal["tcp", "udp"]
+    public_port: int
+    private_ip: str
+    private_port: int
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"protocol must be tcp or udp, not {self.protocol!r}")
+        for port in (self.public_port, self.private_port):
+            if not 1 <= port <= 65535:
+                raise ValueError("ports must be in 1..65535")
+
+
+@dataclass(frozen=True)
+class ExternalSpec:
+    """The router's leg on the external (public) network.
+
+    ``router_ip`` is the router's own address there (the source of default egress when
+    ``RouterSpec.default_snat`` is on); ``gateway_ip`` is the upstream router.
+    """
+
+    cidr: str
+    gateway_ip: str
+    router_ip: str
+
+    def __post_init__(self) -> None:
+        net = ipaddress.ip_network(self.cidr)
+        for address in (self.gateway_ip, self.router_ip):
+            if ipaddress.ip_address(address) not in net:
+                raise ValueError(f"{address} is outside the external network {self.cidr}")
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """A VPC's router on the network host: everything between the VPC and the outside.
+
+    ``id`` is the VPC's id and ``network_id`` the VPC's network on this host (it must
+    exist). The router has a leg on that network with every subnet's gateway, and, when
+    ``external`` is set, a leg on the external network carrying the elastic IPs (as /32s)
+    and NAT addresses. It serves DHCP for ``dhcp_hosts`` on subnets with DHCP on, and the
+    metadata service at 169.254.169.254 for ``instances``. NAT precedence: an EIP's 1:1
+    mapping, then the first matching ``snat`` rule (most specific source first), then
+    ``default_snat`` through ``external.router_ip``; otherwise no egress.
+    """
+
+    id: str
+    network_id: str
+    subnets: tuple[RouterSubnet, ...] = ()
+    external: ExternalSpec | None = None
+    default_snat: bool = False
+    snat: tuple[SnatRule, ...] = ()
+    eips: tuple[EipBinding, ...] = ()
+    dnat: tuple[DnatRule, ...] = ()
+    dhcp_hosts: tuple[DhcpHost, ...] = ()
+    instances: tuple[InstanceMetadata, ...] = ()
+    mtu: int = 1450
+    dns_domain: str = "alto.internal"
+
+    def __post_init__(self) -> None:
+        for name in ("subnets", "snat", "eips", "dnat", "dhcp_hosts", "instances"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(
+            self,
+            "snat",
+            tuple(sorted(self.snat, key=lambda r: -ipaddress.ip_network(r.source_cidr).prefixlen)),
+        )
+        if self.external is None and (self.default_snat or self.snat or self.eips or self.dnat):
+            raise ValueError("NAT, elastic IPs and port mappings need an external network")
+
+
+@dataclass(frozen=True)
+class RouterInfo:
+    """A router as the data plane has it; ``namespace`` is where it lives (if anywhere)."""
+
+    spec: RouterSpec
+    namespace: str | None = None
+
+
 @dataclass(frozen=True)
 class NetworkInfo:
     """A network as the data plane has it."""
@@ -140,7 +300,7 @@ class NetworkInfo:
     id: str
     vni: int
     cidr: str
-    gateway_ip: str
+    gateway_ip: str | None
     mtu: int
     peers: tuple[str, ...] = ()
 
@@ -232,3 +392,22 @@ class NetworkDriver(abc.ABC):
     @abc.abstractmethod
     async def list_security_groups(self) -> list[SecurityGroupSpec]:
         """Every group on the host, sorted by id."""
+
+    # -- routers ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ensure_router(self, spec: RouterSpec) -> RouterInfo:
+        """Make the VPC's router exactly what the spec says (legs, DHCP, metadata, NAT).
+
+        Idempotent; a changed spec converges in place (DHCP reservations, NAT rules and
+        EIPs change without restarting what need not restart). ``NetworkNotFound`` when
+        ``network_id`` is not on this host.
+        """
+
+    @abc.abstractmethod
+    async def delete_router(self, router_id: str) -> None:
+        """Remove the router and everything it runs. A missing router succeeds."""
+
+    @abc.abstractmethod
+    async def list_routers(self) -> list[RouterInfo]:
+        """Every router on the host, sorted by id."""

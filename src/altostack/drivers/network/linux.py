@@ -37,7 +37,13 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from altostack.drivers import tools
-from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
+from altostack.drivers.errors import (
+    BackendFailure,
+    InvalidSpec,
+    InvalidState,
+    NetworkNotFound,
+    NotSupported,
+)
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.network.base import (
     NetworkDriver,
@@ -45,6 +51,8 @@ from altostack.drivers.network.base import (
     NetworkSpec,
     PortInfo,
     PortSpec,
+    RouterInfo,
+    RouterSpec,
     RuleSpec,
     SecurityGroupSpec,
     device_name,
@@ -165,7 +173,7 @@ class LinuxNetworkDriver(NetworkDriver):
             vxlan = vxlans.get(vni)
             peers = await self._peers(ipr, vxlan) if vxlan is not None else ()
             info = NetworkInfo(
-                record["id"], vni, record["cidr"], record["gw"], int(link.get("mtu")), peers
+                record["id"], vni, record["cidr"], record["gw"] or None, int(link.get("mtu")), peers
             )
             networks[info.id] = (info, link)
             bridge_net[link.get("index")] = info.id
@@ -244,7 +252,7 @@ class LinuxNetworkDriver(NetworkDriver):
             # The alias is written last: a bridge without it is not a network yet, so a
             # crash in between leaves devices the next ensure reports instead of trusting.
             record = {"kind": "net", "id": spec.id, "vni": spec.vni, "cidr": spec.cidr}
-            await ipr.link("set", index=bridge_index, ifalias=_alias({**record, "gw": ""}))
+            await ipr.link("set", index=bridge_index, ifalias=_alias({**record, "gw": None}))
         except BaseException:
             await self._remove(ipr, vxlan, bridge)
             raise
@@ -296,6 +304,17 @@ class LinuxNetworkDriver(NetworkDriver):
         async with self._ipr() as ipr:
             networks, _ = await self._state(ipr)
         return [info for _, (info, _link) in sorted(networks.items())]
+
+    # -- routers ---------------------------------------------------------------------------
+
+    async def ensure_router(self, spec: RouterSpec) -> RouterInfo:
+        raise NotSupported("routers", "routers on the linux backend are not built yet")
+
+    async def delete_router(self, router_id: str) -> None:
+        return None  # no router can exist yet
+
+    async def list_routers(self) -> list[RouterInfo]:
+        return []
 
     # -- ports -----------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from altostack.drivers.network.base import (
     NetworkSpec,
     PortInfo,
     PortSpec,
+    RouterInfo,
+    RouterSpec,
     SecurityGroupSpec,
     device_name,
 )
@@ -41,6 +43,7 @@ class SimDataplane:
     networks: dict[str, NetworkInfo] = field(default_factory=dict)
     ports: dict[str, PortInfo] = field(default_factory=dict)
     groups: dict[str, SecurityGroupSpec] = field(default_factory=dict)
+    routers: dict[str, RouterInfo] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -178,6 +181,28 @@ class SimNetworkDriver(NetworkDriver):
 
     async def list_security_groups(self) -> list[SecurityGroupSpec]:
         return [g for _, g in sorted(self.dataplane.groups.items())]
+
+    async def ensure_router(self, spec: RouterSpec) -> RouterInfo:
+        async with self.dataplane.lock:
+            if spec.network_id not in self.dataplane.networks:
+                raise NetworkNotFound(spec.network_id)
+            current = self.dataplane.routers.get(spec.id)
+            if current is not None and current.spec == spec:
+                return current
+            await self._work("ensure_router", self.timings.ensure_port, spec.id)
+            info = RouterInfo(spec, namespace=f"qr-{spec.id}")
+            self.dataplane.routers[spec.id] = info
+            return info
+
+    async def delete_router(self, router_id: str) -> None:
+        async with self.dataplane.lock:
+            if router_id not in self.dataplane.routers:
+                return
+            await self._work("delete_router", self.timings.delete_port, router_id)
+            del self.dataplane.routers[router_id]
+
+    async def list_routers(self) -> list[RouterInfo]:
+        return [r for _, r in sorted(self.dataplane.routers.items())]
 
     async def _work(self, operation: str, seconds: float, resource_id: str) -> None:
         await self._sleep(seconds)
