@@ -12,10 +12,12 @@ the end, whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -134,9 +136,34 @@ def test_a_new_user_boots_the_default_image_through_the_api(cloud) -> None:
     assert client.get(f"/v1/vms/{vm_id}/stats").status_code == 409
     assert "Power down" in client.get(f"/v1/vms/{vm_id}/console-output").json()["output"]
 
+    # The stopped VM's disk chain exported as a standalone image with the same content.
+    r = client.post(f"/v1/vms/{vm_id}/actions/export-image", json={"name": "aio-golden"})
+    assert r.status_code == 202, r.text
+    _wait_op(client, r.json()["operation"])
+    exported = client.get(f"/v1/images/{r.json()['image']['id']}").json()
+    assert exported["state"] == "available" and exported["format"] == "qcow2", exported
+    copy = root / "exported.qcow2"
+    with client.stream("GET", f"/v1/images/{exported['id']}/file") as download:
+        assert download.status_code == 200
+        with copy.open("wb") as f:
+            for chunk in download.iter_bytes():
+                f.write(chunk)
+    assert sha256_file(copy) == exported["checksum_sha256"]
+    info = json.loads(_run("qemu-img", "info", "--output=json", str(copy)))
+    assert "backing-filename" not in info and info["format"] == "qcow2", info
+    vm_dir = root / "data" / "qemu" / "vms" / vm_id
+    _run("qemu-img", "compare", "-q", str(copy), str(vm_dir / "root.qcow2"))  # same bytes
+    assert not any((root / "data" / "qemu" / "exports").iterdir())  # the pin was dropped
+
     r = client.delete(f"/v1/vms/{vm_id}")
     _wait_op(client, r.json()["operation"])
     r = client.delete(f"/v1/recycle-bin/{vm_id}")
     _wait_op(client, r.json())
     assert not (root / "data" / "qemu" / "vms" / vm_id).exists()
     assert pids_with(f"{root}/data/qemu/") == []  # no QEMU of this cloud is left
+
+
+def _run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{argv}: {result.stderr}"
+    return result.stdout

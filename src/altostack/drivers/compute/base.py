@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -324,6 +325,19 @@ class ComputeDriver(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> ComputeCapabilities:
         """The optional features; constant for the life of the driver."""
+
+    async def export_root_disk(self, vm_id: str, export_id: str) -> Path:
+        """A standalone qcow2 copy of stopped ``vm_id``'s root disk, made once per export.
+
+        For drivers whose root disks live outside a storage pool (``root_disk_storage``
+        is None): the copy pins the disk as it was, whatever the VM does next. Idempotent
+        per ``export_id``; a copy interrupted by a crash is redone, never served.
+        """
+        raise NotSupported("export", "this host keeps no root disks the agent can export")
+
+    async def drop_root_disk_export(self, export_id: str) -> None:
+        """Remove the copy made by :meth:`export_root_disk`; a missing one is fine."""
+        return None
 
     @abc.abstractmethod
     async def host_info(self) -> HostInfo:

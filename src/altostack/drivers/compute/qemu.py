@@ -148,6 +148,8 @@ POWERDOWN_RETRY = 1.0
 """Seconds between ACPI power button presses during a graceful stop (an early-booting
 guest misses the first press, as on real hardware)."""
 CTRL_ALT_DEL_RETRY = 2.0
+EXPORT_TIMEOUT = 3600.0
+"""Seconds for copying a root disk chain into a standalone export image."""
 VNC_BASE_PORT = 5900
 VNC_PORTS = 10000
 VNC_RETRIES = 5
@@ -1180,6 +1182,42 @@ class QemuComputeDriver(ComputeDriver):
         async with self._lock(vm_id):
             if paths.incoming.exists():
                 self._purge(paths)
+
+    # -- export ----------------------------------------------------------------------------
+
+    def _export_file(self, export_id: str) -> Path:
+        if not DEVICE_ID.fullmatch(export_id):
+            raise InvalidSpec(f"{export_id!r} cannot name an export")
+        return self.state_dir / "exports" / f"{export_id}.qcow2"
+
+    async def export_root_disk(self, vm_id: str, export_id: str) -> Path:
+        target = self._export_file(export_id)
+        if target.exists():
+            return target
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            # A running guest's disk is not consistent; a stopped one holds still.
+            self._require_state(observed, "stopped")
+            top = self.paths(vm_id).dir / observed.record.root_layers[-1]
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            part = target.with_suffix(".part")
+            # convert follows the backing chain: the copy stands alone and holds only
+            # the clusters the chain has, so it is as compact as the disk's data.
+            argv = ["qemu-img", "convert", "-q", "-O", "qcow2", str(top), str(part)]
+            try:
+                await tools.check(argv, timeout=EXPORT_TIMEOUT)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                raise
+            os.replace(part, target)
+        return target
+
+    async def drop_root_disk_export(self, export_id: str) -> None:
+        target = self._export_file(export_id)
+        for path in (target, target.with_suffix(".part")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     # -- helpers ---------------------------------------------------------------------------
 
