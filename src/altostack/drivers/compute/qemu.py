@@ -238,8 +238,8 @@ class QemuComputeDriver(ComputeDriver):
     def http_endpoint(self, vm_id: str, nic: int = 0) -> tuple[str, int] | None:
         """Where the host reaches port 80 of the VM's NIC ``nic`` (user-mode networking)."""
         record = load_record(self.paths(vm_id).record)
-        if record is None or nic >= len(record.http_ports):
-            return None
+        if record is None or nic >= len(record.http_ports) or record.nics[nic].tap is not None:
+            return None  # a NIC on a tap is reached over its network, not forwarded
         return ("127.0.0.1", record.http_ports[nic])
 
     def command(self, vm_id: str) -> QemuCommand:

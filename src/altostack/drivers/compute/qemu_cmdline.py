@@ -21,7 +21,8 @@ Choices (see docs/qemu.md):
 - Disks are ``-blockdev`` nodes with fixed names (``root``, ``seed``) so QMP can address
   them: the root disk is a qcow2 overlay, the NoCloud seed a read-only raw ISO whose file
   node can be swapped live (``blockdev-reopen``).
-- No NIC unless the spec has one (``-nic none``). Until the SDN work brings taps, a NIC is
+- No NIC unless the spec has one (``-nic none``). A NIC with a ``tap`` opens that tap (made
+  by the network driver on the VPC bridge); without one, a NIC is
   user-mode networking with ``restrict=on`` (the guest reaches nothing outside; port 80 is
   forwarded from a loopback port so the host can reach the guest's HTTP server).
 """
@@ -245,8 +246,13 @@ def _addr(slots: Mapping[str, int], device_id: str) -> dict[str, str]:
 
 
 def nic_netdev_args(forward: NicForward) -> dict[str, Any]:
-    """The NIC's user-mode backend, as QMP ``netdev_add`` arguments."""
+    """The NIC's backend, as QMP ``netdev_add`` arguments: its tap, else user-mode."""
     _, netdev = nic_ids(forward.nic)
+    if forward.nic.tap is not None:
+        # The tap exists (the network driver made it persistent, on the bridge): QEMU
+        # only opens it, so no scripts run and nothing is left behind when QEMU ends.
+        return {"type": "tap", "id": netdev, "ifname": forward.nic.tap,
+                "script": "no", "downscript": "no"}  # fmt: skip
     args: dict[str, Any] = {"type": "user", "id": netdev, "restrict": True}
     args.update(_slirp_net(forward.nic))
     if forward.http_port is not None:
@@ -292,7 +298,8 @@ def _props(head: str | None, args: Mapping[str, Any], *, skip: Iterable[str] = (
 
 
 def _nic_options(forward: NicForward, slots: Mapping[str, int]) -> Iterator[QemuOption]:
-    yield QemuOption("-netdev", _props("user", nic_netdev_args(forward), skip=("type",)))
+    args = nic_netdev_args(forward)
+    yield QemuOption("-netdev", _props(str(args["type"]), args, skip=("type",)))
     yield QemuOption(
         "-device", _props("virtio-net-pci", nic_device_args(forward.nic, slots), skip=("driver",))
     )
