@@ -33,6 +33,7 @@ from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import FetchedImage, LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_host import choose_run_as, host_arch, qemu_binary
+from altostack.drivers.compute.qemu_hotadd import limits
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
@@ -209,7 +210,14 @@ def qemu_driver(c: Container) -> QemuComputeDriver:
     images = LocalImageCache(state_dir / "images", ImageStoreSource(c))
     run_as, why = choose_run_as(state_dir, c.settings.qemu_run_as)
     log.info("QEMU privileges", run_as=run_as or "unchanged", reason=why)
-    return QemuComputeDriver(state_dir, images, hostname=socket.gethostname(), run_as=run_as)
+    settings = c.settings
+    return QemuComputeDriver(
+        state_dir,
+        images,
+        hostname=socket.gethostname(),
+        run_as=run_as,
+        hot_add=limits(settings.qemu_hot_add_vcpus, settings.qemu_hot_add_memory_mib),
+    )
 
 
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:

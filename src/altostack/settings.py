@@ -48,6 +48,19 @@ class Settings(BaseSettings):
         description="User QEMU drops to (-runas): auto = a dedicated alto-qemu user where "
         "the host allows it (root agent, state dir reachable); '' = never; or a user name",
     )
+    qemu_hot_add_vcpus: int = Field(
+        16,
+        ge=0,
+        le=255,
+        description="vCPUs a running QEMU VM may grow to without a restart (room given at "
+        "each cold start; 0 = no CPU/memory hot-add: resizes need a restart)",
+    )
+    qemu_hot_add_memory_mib: int = Field(
+        65536,
+        ge=0,
+        description="MiB a running QEMU VM may grow to without a restart (capped at the "
+        "host's memory; 0 = no CPU/memory hot-add)",
+    )
     default_image: Path | None = Field(
         None,
         description="qcow2 imported as the default public image when the qemu driver first "

@@ -129,6 +129,16 @@ def test_a_new_user_boots_the_default_image_through_the_api(cloud) -> None:
     disks = {d["name"]: d for d in stats["disks"]}
     assert disks["root-disk"]["read_bytes"] > 10**6 and disks["seed-disk"]["read_ops"] > 0
 
+    # A live resize: the same QEMU process gets a vCPU and memory, no restart.
+    r = client.post(f"/v1/vms/{vm_id}/actions/resize", json={"instance_type": "c1.medium"})
+    assert r.status_code == 202, r.text
+    _wait_op(client, r.json()["operation"])
+    grown = client.get(f"/v1/vms/{vm_id}").json()
+    assert (grown["state"], grown["vcpus"], grown["memory_mib"]) == ("running", 2, 2048)
+    assert process_alive(pid, vm_id)
+    stats = client.get(f"/v1/vms/{vm_id}/stats").json()
+    assert (stats["vcpus"], stats["memory_mib"]) == (2, 2048), stats
+
     r = client.post(f"/v1/vms/{vm_id}/actions/stop", json={"timeout": 30})
     _wait_op(client, r.json()["operation"])
     assert client.get(f"/v1/vms/{vm_id}").json()["state"] == "stopped"

@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ from altostack.drivers.compute.qemu_cmdline import (
     parse_machine_help,
 )
 from altostack.drivers.compute.qemu_host import detect_accel
+from altostack.drivers.compute.qemu_hotadd import HotAddLimits
 from altostack.drivers.compute.qemu_seed import SeedContent, guest_hostname
-from altostack.drivers.errors import InvalidSpec
+from altostack.drivers.errors import InvalidSpec, NotSupported
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import (
     BUILD_SCRIPT,
@@ -297,3 +299,60 @@ def test_seed_files_quote_what_the_guest_reads() -> None:
     assert "it's" not in repr(seed)
     with pytest.raises(InvalidSpec):
         SeedContent("i", "h", passwords=(("root", "two\nlines"),)).files()
+
+
+@pytest.mark.slow
+@pytest.mark.real
+async def test_vcpus_and_memory_grow_live_when_the_host_allows(tmp_path: Path) -> None:
+    images = LocalImageCache(tmp_path / "images")
+    images.add("img-test", guest_image())
+    driver = QemuComputeDriver(
+        tmp_path / "state", images, hostname="hot-host", hot_add=HotAddLimits(4, 1024)
+    )
+    try:
+        caps = driver.capabilities
+        assert caps.live_resize_cpu and caps.live_resize_memory
+        spec = VmSpec(
+            id="vm-e2e-grow",
+            name="grow",
+            generation=1,
+            vcpus=1,
+            memory_mib=256,
+            root_disk_gib=1,
+            image_id="img-test",
+            password="Grow-secret-1",
+        )
+        await driver.ensure_vm(spec)
+        smp = driver.command(spec.id).values("-smp")
+        assert smp == [Props.of(None, cpus=1, maxcpus=4)], smp
+        await _wait_ready(driver, spec.id)
+        with pytest.raises(NotSupported):  # not a whole number of 128 MiB blocks
+            await driver.resize_vm(spec.id, 1, 300, live=True)
+        with pytest.raises(NotSupported):  # beyond the room it started with
+            await driver.resize_vm(spec.id, 5, 256, live=True)
+        status = await driver.resize_vm(spec.id, 2, 512, live=True)
+        assert (status.state, status.vcpus, status.memory_mib) == ("running", 2, 512)
+        async with SerialConsole.login(driver.paths(spec.id), "root", "Grow-secret-1") as shell:
+            # The guest kernel sees the new CPU and memory at once; onlining them is the
+            # guest's policy (udev in cloud images), done by hand here.
+            assert (await shell.run("cat /sys/devices/system/cpu/present")).strip() == "0-1"
+            await shell.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
+            await shell.run(
+                "for m in /sys/devices/system/memory/memory*/state; do "
+                'grep -q offline "$m" && echo online > "$m"; done'
+            )
+            assert (await shell.run("grep -c ^processor /proc/cpuinfo")).strip() == "2"
+            total_kib = int((await shell.run("grep MemTotal /proc/meminfo")).split()[1])
+            assert total_kib > 400 * 1024, total_kib  # 256 MiB at boot + 256 MiB added
+        # What was added is on the command line a migration destination would use.
+        devices = driver.command(spec.id).props("-device")
+        assert any(str(d.head).endswith("-cpu") for d in devices)
+        assert [d.get("id") for d in devices if d.head == "pc-dimm"] == ["dimm0"]
+        # A cold start folds the growth into the boot sizes.
+        await driver.stop_vm(spec.id, timeout=GUEST_TIMEOUT, force=True)
+        await driver.ensure_vm(replace(spec, vcpus=2, memory_mib=512, generation=2))
+        cmd = driver.command(spec.id)
+        assert cmd.values("-smp") == [Props.of(None, cpus=2, maxcpus=4)]
+        assert not [d for d in cmd.props("-device") if d.head == "pc-dimm"]
+    finally:
+        kill_qemus_under(tmp_path)

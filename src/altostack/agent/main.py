@@ -64,6 +64,7 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
     if options.driver == "qemu":
         from altostack.client import AsyncClient
         from altostack.drivers.compute.qemu import QemuComputeDriver
+        from altostack.drivers.compute.qemu_hotadd import limits
 
         state_dir = options.state_dir or default_state_dir()
         source = HttpImageSource(AsyncClient(options.join_url))
@@ -76,6 +77,10 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
             hostname=options.hostname,
             console_host=options.console_host,
             run_as=run_as,
+            hot_add=limits(
+                int(os.environ.get("ALTO_QEMU_HOT_ADD_VCPUS", "16")),
+                int(os.environ.get("ALTO_QEMU_HOT_ADD_MEMORY_MIB", "65536")),
+            ),
         )
     raise SystemExit(f"unknown driver {options.driver!r} (qemu or sim)")
 

@@ -36,7 +36,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,6 +92,13 @@ from altostack.drivers.compute.qemu_host import (
     qemu_binary,
     traversable_by,
 )
+from altostack.drivers.compute.qemu_hotadd import (
+    HotAddLimits,
+    add_cpu,
+    add_dimm,
+    check_growth,
+    sizing_options,
+)
 from altostack.drivers.compute.qemu_migration import migrate
 from altostack.drivers.compute.qemu_process import (
     Qmp,
@@ -140,7 +147,7 @@ QEMU_CAPABILITIES = ComputeCapabilities(
     live_disk_snapshot=True,
     live_migration=True,
 )
-"""No CPU/memory hot-add yet: a resize needs a restart."""
+"""Without ``hot_add`` limits: a resize needs a restart (CPU/memory hot-add is opt-in)."""
 UNPLUG_TIMEOUT = 30.0
 """Seconds a guest gets to release a NIC that ``ensure_vm`` removes from a running VM."""
 
@@ -194,6 +201,7 @@ class QemuComputeDriver(ComputeDriver):
         soft_reboot_timeout: float = 30.0,
         forward_http: bool = True,
         run_as: str | None = None,
+        hot_add: HotAddLimits | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.vms_dir = self.state_dir / "vms"
@@ -207,6 +215,9 @@ class QemuComputeDriver(ComputeDriver):
         self.binary = binary or qemu_binary(self.arch)
         self.soft_reboot_timeout = soft_reboot_timeout
         self.forward_http = forward_http
+        self.hot_add = hot_add
+        """Room for vCPUs/memory added live, given to every VM at its cold start (None:
+        resizing a running VM needs a restart)."""
         self.run_as: RunAs | None = None
         if run_as is not None:
             self.run_as = self._check_run_as(run_as)
@@ -219,7 +230,9 @@ class QemuComputeDriver(ComputeDriver):
 
     @property
     def capabilities(self) -> ComputeCapabilities:
-        return QEMU_CAPABILITIES
+        if self.hot_add is None:
+            return QEMU_CAPABILITIES
+        return replace(QEMU_CAPABILITIES, live_resize_cpu=True, live_resize_memory=True)
 
     # -- helpers for the agent and tests -------------------------------------------------
 
@@ -478,6 +491,8 @@ class QemuComputeDriver(ComputeDriver):
             observed = await self._power_off(observed, timeout=stop_timeout, force=False)
         if observed.state in ("running", "paused"):
             self._check_live_change(observed, spec)
+            if (spec.vcpus, spec.memory_mib) != (record.vcpus, record.memory_mib):
+                await self._grow_live(observed, spec.vcpus, spec.memory_mib)
             await self._sync_nics(observed, spec)
             if observed.state == "paused" and want_running:
                 observed = await self._resume(observed)
@@ -501,6 +516,8 @@ class QemuComputeDriver(ComputeDriver):
             problems.append("GPUs can only change while it is stopped")
         if spec.vcpus < record.vcpus or spec.memory_mib < record.memory_mib:
             problems.append("a running VM cannot lose vCPUs or memory")
+        elif self.hot_add is not None:
+            pass  # grown live by _converge
         elif spec.vcpus > record.vcpus:
             problems.append("this host cannot add vCPUs to a running VM")
         elif spec.memory_mib > record.memory_mib:
@@ -603,6 +620,13 @@ class QemuComputeDriver(ComputeDriver):
         binary = self._binary()
         paths = self.paths(record.id)
         self._end_leftover(paths)
+        # A new QEMU process: what was added live becomes part of the boot sizes.
+        record.hot_cpus, record.dimms = [], []
+        record.max_vcpus = record.max_memory_mib = None
+        if self.hot_add is not None:
+            record.max_vcpus, record.max_memory_mib = self.hot_add.for_vm(
+                record.vcpus, record.memory_mib, host_memory_mib()
+            )
         async with self._host_lock:
             self._check_memory(record.id, record.memory_mib)
             if vnc_port is None or not _port_free(self.console_host, vnc_port):
@@ -762,6 +786,9 @@ class QemuComputeDriver(ComputeDriver):
                     raise NotSupported(
                         "live downsizing", "a running VM cannot lose vCPUs or memory"
                     )
+                if self.hot_add is not None:
+                    await self._grow_live(observed, vcpus, memory_mib)
+                    return self._status(observed)
                 if vcpus > record.vcpus:
                     raise NotSupported(
                         "live_resize_cpu", "this host cannot add vCPUs to a running VM"
@@ -774,6 +801,26 @@ class QemuComputeDriver(ComputeDriver):
             record.vcpus, record.memory_mib = vcpus, memory_mib
             save_record(self.paths(vm_id).record, record)
             return self._status(observed)
+
+    async def _grow_live(self, observed: _Observed, vcpus: int, memory_mib: int) -> None:
+        """Hot-add vCPUs and memory to the running QEMU (every check passes first)."""
+        record, paths = observed.record, self.paths(observed.record.id)
+        check_growth(record, vcpus, memory_mib)
+        async with self._host_lock:
+            self._check_memory(record.id, memory_mib)
+        self.faults.check("resize", record.id)
+        async with self._qmp(paths, record.id) as qmp:
+            # Saved after each device: the record always names what the QEMU has.
+            while record.vcpus < vcpus:
+                record.hot_cpus.append(await add_cpu(qmp))
+                record.vcpus += 1
+                save_record(paths.record, record)
+            if memory_mib > record.memory_mib:
+                delta = memory_mib - record.memory_mib
+                record.dimms.append(await add_dimm(qmp, len(record.dimms), delta))
+                record.memory_mib = memory_mib
+                save_record(paths.record, record)
+        append_event(paths.events, f"grow vcpus={record.vcpus} memory={record.memory_mib}")
 
     async def reinstall_vm(self, spec: VmSpec) -> VmStatus:
         async with self._lock(spec.id):
@@ -1253,6 +1300,7 @@ class QemuComputeDriver(ComputeDriver):
             paths=paths,
             vcpus=record.vcpus,
             memory_mib=record.memory_mib,
+            sizing=tuple(sizing_options(record)),
             machine_type=record.machine_type,
             accel=record.accel if record.accel == self.accel else self.accel,
             seed_iso=paths.seed_iso(record.seed_serial),

@@ -213,6 +213,9 @@ class QemuMachine:
     incoming: bool = False
     """Wait for a live migration (``-incoming defer``) instead of booting."""
     run_as: str | None = None
+    sizing: tuple[QemuOption, ...] = ()
+    """``-smp``/``-m`` and devices added live, when the VM can grow while running
+    (see :mod:`qemu_hotadd`); empty: plain ``-smp vcpus`` and ``-m memory_mib``."""
     """The unprivileged user QEMU switches to once it opened its files (``-runas``)."""
 
 
@@ -330,8 +333,11 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
     else:
         add("-accel", Props.of("tcg", tb_size=TCG_TB_SIZE_MIB))
         add("-cpu", "qemu64")
-    add("-smp", Props.of(str(m.vcpus)))
-    add("-m", Props.of(None, size=f"{m.memory_mib}M"))
+    if m.sizing:
+        opts.extend(o for o in m.sizing if o.name in ("-smp", "-m"))
+    else:
+        add("-smp", Props.of(str(m.vcpus)))
+        add("-m", Props.of(None, size=f"{m.memory_mib}M"))
     add("-sandbox", SANDBOX)
     add("-daemonize")
     if m.run_as is not None:
@@ -377,6 +383,7 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
             Props.of(None, driver="raw", node_name="seed", file=m.seed_node, read_only=True),
         )
         add("-device", Props.of("virtio-blk-pci", id="seed-disk", drive="seed"))
+    opts.extend(o for o in m.sizing if o.name not in ("-smp", "-m"))
     for disk in m.disks:
         opts.extend(_disk_options(disk, m.slots))
     if m.nics:

@@ -65,6 +65,16 @@ class VmRecord:
     root_node: str = "root"
     """The block node of the active root layer in the running QEMU (changes with live
     snapshots; ``root`` after every start)."""
+    max_vcpus: int | None = None
+    """``-smp maxcpus`` of the running QEMU (None: started with no room to add vCPUs)."""
+    max_memory_mib: int | None = None
+    """``-m maxmem`` of the running QEMU (None: started with no room to add memory)."""
+    hot_cpus: list[dict[str, Any]] = field(default_factory=list)
+    """vCPUs added live to the running QEMU (QOM type, id, topology); folded into
+    ``vcpus`` at the next cold start."""
+    dimms: list[dict[str, Any]] = field(default_factory=list)
+    """DIMMs added live to the running QEMU (id, size); folded into ``memory_mib`` at
+    the next cold start."""
     pci_slots: dict[str, int] = field(default_factory=dict)
     """Fixed PCI slots of NICs and data disks (device id -> slot), so a cold start and a
     migration destination lay the devices out as hot-plug left them."""
