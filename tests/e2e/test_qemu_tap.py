@@ -132,6 +132,8 @@ async def test_a_guest_on_a_tap_takes_dhcp_and_answers_on_the_bridge(
                 _ns, namespace, "curl", "-sS", "--max-time", "10", f"http://{GUEST_IP}/"
             )
             assert page.strip() == "tapguest"
+            (counters,) = (await qemu_driver.vm_stats(spec.id)).nics  # the tap's, guest's view
+            assert counters.name == tap and counters.rx_packets > 0 and counters.tx_bytes > 0
             paths = qemu_driver.paths(spec.id)
             async with SerialConsole.login(paths, "root", "Tap-secret-1") as shell:
                 assert (await shell.run("cat /sys/class/net/eth0/mtu")).strip() == "1450"

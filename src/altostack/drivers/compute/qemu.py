@@ -125,7 +125,7 @@ from altostack.drivers.compute.qemu_seed import (
     read_seed,
     save_seed_json,
 )
-from altostack.drivers.compute.qemu_stats import disk_stats, process_counters
+from altostack.drivers.compute.qemu_stats import disk_stats, link_stats, process_counters
 from altostack.drivers.errors import (
     BackendFailure,
     DriverError,
@@ -403,6 +403,11 @@ class QemuComputeDriver(ComputeDriver):
             memory_mib=record.memory_mib,
             vcpus=record.vcpus,
             disks=disk_stats(blockstats),
+            nics=tuple(
+                stats
+                for nic in record.nics
+                if nic.tap is not None and (stats := link_stats(nic.tap)) is not None
+            ),
         )
 
     async def _require(self, vm_id: str) -> _Observed:
