@@ -42,6 +42,24 @@ async def _vm(client, owner, vm_id):
     return (await client.get(f"/v1/vms/{vm_id}", headers=owner)).json()
 
 
+async def test_a_reconcile_queued_on_an_old_report_follows_a_guest_shutdown(
+    client, owner, container
+):
+    """A heartbeat taken before the guest shut down queues a reconcile; when it runs it
+    must see the shutdown and follow it, not start the guest again (seen under load)."""
+    vm = await create_vm(client, owner)
+    _hypervisor(container, vm).guest_shutdown(vm["id"])
+    await container.host_monitor._operation(vm["id"], "vm.reconcile", tenant_id=None)
+
+    async def stopped():
+        now = await _vm(client, owner, vm["id"])
+        return now if now["state"] == "stopped" else None
+
+    now = await _eventually(stopped)
+    assert now["power_state"] == "stopped"
+    assert _hypervisor(container, vm).find(vm["id"]).state == "stopped"  # not restarted
+
+
 async def test_guest_shutdown_updates_the_spec(client, owner, container):
     vm = await create_vm(client, owner)
     _hypervisor(container, vm).guest_shutdown(vm["id"])

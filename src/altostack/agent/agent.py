@@ -173,6 +173,10 @@ class Agent:
             await c.delete_vm(d["vm_id"])
             return {}
 
+        async def get_vm(d: dict[str, Any]) -> dict[str, Any]:
+            status = await c.get_vm(d["vm_id"])
+            return {"status": None if status is None else status_to_dict(status)}
+
         async def list_vms(_d: dict[str, Any]) -> dict[str, Any]:
             return {"vms": [status_to_dict(v) for v in await c.list_vms()]}
 
@@ -191,6 +195,7 @@ class Agent:
             "console_output": console_output,
             "vm_stats": vm_stats,
             "delete_vm": delete,
+            "get_vm": get_vm,
             "list_vms": list_vms,
             "host_info": host_info,
             **live_handlers(c),  # disks, snapshots, live migration

@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import delete
 
 from altostack.bus import Bus
+from altostack.controllers.host_monitor import follow_guest_shutdown
 from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.db.database import Database
 from altostack.db.models_compute import AntiAffinitySlot, Vm
@@ -191,6 +192,13 @@ class ComputeController:
         vm = await self._vm(ctx)
         if vm.state == "deleted":
             return {"state": "deleted"}
+        if vm.power_state == "running" and vm.host_id:
+            # Decide on what the host has now, not on the (older) report that queued this:
+            # a guest that shut itself down since is followed, never started again.
+            now = (await self.call(vm.host_id, "get_vm", vm_id=vm.id)).get("status")
+            if now and now.get("state") == "stopped" and now.get("stopped_by") == "guest":
+                await follow_guest_shutdown(self.db, vm.id)
+                return await self._observe(vm.id, now)
         reply = await self.ensure(vm, None)
         return await self._observe(vm.id, reply["status"])
 

@@ -167,26 +167,7 @@ class HostMonitor:
             await self._set_state(vm.id, wanted)
 
     async def _follow_guest(self, vm: Vm) -> None:
-        """The guest shut itself down: that is the user's wish, the spec follows."""
-        async with self.db.uow() as uow:
-            row = await uow.session.get(Vm, vm.id)
-            if row is None or row.state in TRANSITIONAL:
-                return
-            row.power_state = "stopped"
-            row.state = "stopped"
-            row.generation += 1
-            uow.events.add(
-                build_event(
-                    principal=None,
-                    action="vm.guest-shutdown",
-                    result="success",
-                    resource_type="vm",
-                    resource_id=vm.id,
-                    tenant_id=vm.tenant_id,
-                    details={"source": "reconciler"},
-                )
-            )
-            await uow.commit()
+        await follow_guest_shutdown(self.db, vm.id)
 
     async def _set_state(self, vm_id: str, state: str) -> None:
         async with self.db.uow() as uow:
@@ -215,3 +196,30 @@ class HostMonitor:
             )
             await uow.commit()
         log.info("reconciling VM", vm_id=vm_id, kind=kind)
+
+
+async def follow_guest_shutdown(db: Database, vm_id: str) -> bool:
+    """The guest shut itself down: that is the user's wish, the spec follows.
+
+    False when there is nothing to follow (the VM is gone, busy, or meant to be stopped).
+    """
+    async with db.uow() as uow:
+        row = await uow.session.get(Vm, vm_id)
+        if row is None or row.state in TRANSITIONAL or row.power_state != "running":
+            return False
+        row.power_state = "stopped"
+        row.state = "stopped"
+        row.generation += 1
+        uow.events.add(
+            build_event(
+                principal=None,
+                action="vm.guest-shutdown",
+                result="success",
+                resource_type="vm",
+                resource_id=vm_id,
+                tenant_id=row.tenant_id,
+                details={"source": "reconciler"},
+            )
+        )
+        await uow.commit()
+    return True

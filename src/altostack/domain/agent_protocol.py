@@ -25,6 +25,7 @@ ACTIONS = frozenset(
         "console_output",
         "vm_stats",
         "delete_vm",
+        "get_vm",
         "list_vms",
         "host_info",
         "export_disk",
