@@ -353,7 +353,7 @@ async def test_vpc_routers_with_real_packets(tmp_path: Path) -> None:
         assert seen["b1"] == "203.0.113.30"
 
         # Inbound: the EIP reaches a1, the port mapping reaches a2:22, nothing else enters.
-        await run(env.server, env.ns["a1"], "80")
+        await run(env.server, env.ns["a1"], "80", "sink81")
         await run(env.server, env.ns["a2"], "22")
         assert await run(_tool, internet, "whoami", "203.0.113.20", "80") == "203.0.113.1"
         assert await run(_tool, internet, "whoami", "203.0.113.10", "2222") == "203.0.113.1"
@@ -388,6 +388,14 @@ async def test_vpc_routers_with_real_packets(tmp_path: Path) -> None:
         )
         assert 0.4 * limit < int(limited) < 1.6 * limit
         assert int(free) > 4 * limit
+        download = await run(_tool, internet, "rate", "203.0.113.20", "81", "1.0")
+        assert download is not None and 0.4 * limit < int(download) < 1.6 * limit
+
+        # The VPC's names, from the router's DNS (the gateway).
+        names = await run(
+            _in, env.ns["a3"], "busybox", "nslookup", "web.alto.internal", "10.30.1.1"
+        )
+        assert "10.30.1.11" in names.stdout, names.stdout + names.stderr
 
         # An agent restart: a new driver converges without breaking an open NAT flow.
         flow, seen_before = await run(env.hold, env.ns["a3"], "203.0.113.1", 7000)
