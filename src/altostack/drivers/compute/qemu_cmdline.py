@@ -21,9 +21,10 @@ Choices (see docs/qemu.md):
 - Disks are ``-blockdev`` nodes with fixed names (``root``, ``seed``) so QMP can address
   them: the root disk is a qcow2 overlay, the NoCloud seed a read-only raw ISO whose file
   node can be swapped live (``blockdev-reopen``).
-- No NIC unless the spec has one (``-nic none``). Until the SDN work brings taps, a NIC is
-  user-mode networking with ``restrict=on`` (the guest reaches nothing outside; port 80 is
-  forwarded from a loopback port so the host can reach the guest's HTTP server).
+- No NIC unless the spec has one (``-nic none``). A NIC is either the tap the network
+  driver made for its port (``nic_backend="tap"``: ``tap<hash of the port id>`` on the VPC
+  bridge) or user-mode networking with ``restrict=on`` (the guest reaches nothing outside;
+  port 80 is forwarded from a loopback port so the host can reach the guest's HTTP server).
 """
 
 from __future__ import annotations
@@ -116,11 +117,14 @@ class QemuCommand:
 
 @dataclass(frozen=True)
 class NicForward:
-    """A NIC in user-mode networking: the MAC, the address DHCP hands out, a port forward."""
+    """A NIC and its backend: user-mode networking (the address DHCP hands out, a port
+    forward) unless ``tap`` names the host's tap device for it (the network driver's port,
+    on the VPC's bridge; the VPC's router serves its DHCP)."""
 
     nic: NicSpec
     http_port: int | None = None
-    """Loopback port forwarded to the guest's port 80, if any."""
+    """Loopback port forwarded to the guest's port 80, if any (user-mode only)."""
+    tap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,9 @@ def _addr(slots: Mapping[str, int], device_id: str) -> dict[str, str]:
 def nic_netdev_args(forward: NicForward) -> dict[str, Any]:
     """The NIC's user-mode backend, as QMP ``netdev_add`` arguments."""
     _, netdev = nic_ids(forward.nic)
+    if forward.tap is not None:  # a persistent tap the network driver made: QEMU only opens it
+        return {"type": "tap", "id": netdev, "ifname": forward.tap, "script": "no",
+                "downscript": "no"}  # fmt: skip
     args: dict[str, Any] = {"type": "user", "id": netdev, "restrict": True}
     args.update(_slirp_net(forward.nic))
     if forward.http_port is not None:
@@ -292,7 +299,8 @@ def _props(head: str | None, args: Mapping[str, Any], *, skip: Iterable[str] = (
 
 
 def _nic_options(forward: NicForward, slots: Mapping[str, int]) -> Iterator[QemuOption]:
-    yield QemuOption("-netdev", _props("user", nic_netdev_args(forward), skip=("type",)))
+    netdev = nic_netdev_args(forward)
+    yield QemuOption("-netdev", _props(netdev["type"], netdev, skip=("type",)))
     yield QemuOption(
         "-device", _props("virtio-net-pci", nic_device_args(forward.nic, slots), skip=("driver",))
     )
