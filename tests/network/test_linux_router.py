@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -74,7 +76,7 @@ if mode == "serve":
 def connect(ip, port, buf=None):
     c = socket.socket()
     if buf: c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buf)
-    c.settimeout(2); c.connect((ip, int(port)))
+    c.settimeout(1); c.connect((ip, int(port))); c.settimeout(3)
     return c, c.makefile("rb").readline().decode().strip()
 try:
     if mode == "whoami":
@@ -434,3 +436,49 @@ async def test_vpc_routers_with_real_packets(tmp_path: Path) -> None:
         assert not await run(_exists, Path("/run/netns", info.namespace or "-"))
         assert not await run(_alive, int(pid))
         assert [r.spec.id for r in await h1.list_routers()] == ["vpc-b"]
+
+
+METADATA_PROBE = """
+import socket
+c = socket.create_connection(("169.254.169.254", 80), timeout=2)
+c.sendall(b"GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n")
+print(c.recv(100).split(b"\\r\\n")[0].decode())
+"""
+
+
+async def test_a_router_comes_back_after_its_namespace_vanished(tmp_path: Path) -> None:
+    """A reboot (simulated: the namespace and dnsmasq disappear) and a killed dnsmasq:
+    ``ensure_router`` of the same spec rebuilds what is missing."""
+    from altostack.drivers.network import linux_dhcp
+    from altostack.drivers.network.linux import LinuxNetworkDriver
+
+    if shutil.which("dnsmasq") is None:
+        need_real("dnsmasq is missing (scripts/install-system-deps installs it)")
+    with host_namespace("r") as host:
+        driver = LinuxNetworkDriver(state_dir=tmp_path, netns=host)
+        try:
+            await driver.ensure_network(NetworkSpec("vpc-r", 7403, "10.30.0.0/16"))
+            spec = RouterSpec(
+                "vpc-r",
+                "vpc-r",
+                subnets=(RouterSubnet("subnet-r", "10.30.1.0/24", "10.30.1.1"),),
+                dhcp_hosts=(DhcpHost("02:00:00:00:0d:01", "10.30.1.11", "one"),),
+            )
+            info = await driver.ensure_router(spec)
+            ns = info.namespace
+            assert ns is not None
+            files = linux_dhcp.DhcpFiles(tmp_path / "routers" / "vpc-r")
+            for vanish in ("dnsmasq", "namespace"):
+                pid = linux_dhcp.running_pid(files)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                if vanish == "namespace":
+                    await asyncio.to_thread(_ip, "netns", "del", ns)
+                assert await driver.ensure_router(spec) == info
+                assert linux_dhcp.running_pid(files) not in (None, pid)
+                probe = await asyncio.to_thread(_in, ns, sys.executable, "-c", METADATA_PROBE)
+                assert probe.stdout.strip() == "HTTP/1.1 404 Not Found", probe.stderr
+        finally:
+            for router in await driver.list_routers():
+                await driver.delete_router(router.spec.id)
+            await driver.close()

@@ -20,6 +20,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 
 import h11
 
@@ -161,7 +162,8 @@ async def _exchange(
         ("content-length", str(len(body))),
         ("connection", "close"),
     ]
-    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    reason = HTTPStatus(status).phrase.encode()
+    out = conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
     if event.method != b"HEAD":
         out += conn.send(h11.Data(data=body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""

@@ -166,6 +166,8 @@ class LinuxRouters:
             return RouterInfo(spec, ns)
         files.directory.mkdir(parents=True, exist_ok=True)
         fresh = await linux_netns.create(ns)
+        if fresh:  # a reboot (or someone) removed it: a server we hold listens in the old one
+            await self._stop_metadata(spec.id)
         try:
             await self._plumb(spec, ns, vpc_bridge)
             self.faults.check("ensure_router", spec.id)
