@@ -175,7 +175,7 @@ class LinuxRouters:
             await _nft(ns, linux_nat.ruleset(spec))
             limits = linux_nat.rate_limited(spec)
             if fresh or previous is None or limits != linux_nat.rate_limited(previous):
-                await _apply_rate_limits(ns, limits)
+                await _apply_rate_limits(ns, limits, replace=not fresh)
             await linux_dhcp.converge(spec, ns, files)
             self._instances[spec.id] = {i.ip: i for i in spec.instances}
             await self._serve_metadata(spec.id, ns)
@@ -301,9 +301,12 @@ async def _nft(ns: str, document: dict[str, Any]) -> None:
         raise BackendFailure(f"nft refused the router's rules in {ns}: {result.stderr}")
 
 
-async def _apply_rate_limits(ns: str, limits: list[tuple[int, str, int]]) -> None:
-    """One HTB per leg with a class per rate-limited EIP (nft picks the class)."""
-    for device in (INTERNAL, EXTERNAL):
+async def _apply_rate_limits(
+    ns: str, limits: list[tuple[int, str, int]], *, replace: bool = True
+) -> None:
+    """One HTB per leg with a class per rate-limited EIP (nft picks the class);
+    ``replace=False`` for a new namespace, whose legs have no qdisc to remove yet."""
+    for device in (INTERNAL, EXTERNAL) if replace else ():
         # A missing root qdisc is the normal case; tc's complaint about it means nothing.
         await tools.run(["tc", "-n", ns, "qdisc", "del", "dev", device, "root"])
     if not limits:
