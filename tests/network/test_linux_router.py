@@ -482,3 +482,17 @@ async def test_a_router_comes_back_after_its_namespace_vanished(tmp_path: Path) 
             for router in await driver.list_routers():
                 await driver.delete_router(router.spec.id)
             await driver.close()
+
+
+async def test_taps_belong_to_the_user_qemu_runs_as(tmp_path: Path) -> None:
+    """With ``tap_user`` (QEMU's ``-runas`` user) a hot-plugged NIC can open its tap."""
+    from altostack.drivers.network.linux import LinuxNetworkDriver
+
+    with host_namespace("u") as host:
+        driver = LinuxNetworkDriver(state_dir=tmp_path, netns=host, tap_user="nobody")
+        await driver.ensure_network(NetworkSpec("vpc-u", 7404, "10.30.0.0/16"))
+        port = await driver.ensure_port(
+            PortSpec("nic-u", "vpc-u", "02:00:00:00:0d:02", "10.30.1.9")
+        )
+        shown = await asyncio.to_thread(_in, host, "ip", "-d", "link", "show", port.device)
+        assert " user nobody " in shown.stdout, shown.stdout

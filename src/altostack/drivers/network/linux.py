@@ -27,6 +27,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import pwd
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -129,6 +130,7 @@ class LinuxNetworkDriver(NetworkDriver):
         underlay_ip: str | None = None,
         netns: str | None = None,
         external_bridge: str | None = None,
+        tap_user: str | None = None,
         faults: FaultInjector | None = None,
     ) -> None:
         if underlay_ip is not None:
@@ -140,6 +142,11 @@ class LinuxNetworkDriver(NetworkDriver):
         self.groups_dir = Path(state_dir) / "security-groups"
         self.faults = faults or FaultInjector()
         self.external_bridge = external_bridge
+        # QEMU under -runas opens taps it hot-plugs as that user: the tap must be its own.
+        self._tap_owner: dict[str, int] = {}
+        if tap_user is not None:
+            entry = pwd.getpwnam(tap_user)  # KeyError for an unknown user, at construction
+            self._tap_owner = {"uid": entry.pw_uid, "gid": entry.pw_gid}
         self._routers = LinuxRouters(
             state_dir=Path(state_dir),
             host_netns=netns,
@@ -396,7 +403,9 @@ class LinuxNetworkDriver(NetworkDriver):
                         peer_index = await self._index(ipr, peer)
                         await ipr.link("set", index=peer_index, mtu=net.mtu, address=spec.mac)
                     else:
-                        await ipr.link("add", ifname=device, kind="tuntap", mode="tap")
+                        await ipr.link(
+                            "add", ifname=device, kind="tuntap", mode="tap", **self._tap_owner
+                        )
                     created = True
                 index = await self._index(ipr, device)
                 await ipr.link(
