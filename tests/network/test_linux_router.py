@@ -39,6 +39,7 @@ from altostack.drivers.network.base import (
     RouterSubnet,
     RuleSpec,
     SecurityGroupSpec,
+    SnatRule,
     guest_device,
 )
 from tests.support.netns import host_namespace
@@ -287,6 +288,7 @@ def _router_a(lab: Lab) -> RouterSpec:
         ),
         external=external,
         default_snat=True,
+        snat=(SnatRule("10.30.2.12/32", "203.0.113.11"), SnatRule("10.30.2.0/24", "203.0.113.12")),
         eips=(EipBinding("203.0.113.20", "10.30.1.11", bandwidth_mbps=8),),
         dnat=(DnatRule("203.0.113.10", "tcp", 2222, "10.30.2.12", 22),),
         dhcp_hosts=(DhcpHost("02:00:00:00:0a:01", "10.30.1.11", "web"),),
@@ -345,13 +347,14 @@ async def test_vpc_routers_with_real_packets(tmp_path: Path) -> None:
         assert await run(_ping, env.ns["a1"], "10.30.2.12")
         assert not await run(_ping, env.ns["b1"], "10.30.1.13")
 
-        # Egress NAT: the internet sees the EIP for a1, the router's address for the
-        # others, and VPC B's own router address for its twin of a1.
+        # Egress NAT: the internet sees the EIP for a1, the most specific SNAT rule's
+        # address for a2, the router's address for a3, and VPC B's own router address
+        # for its twin of a1.
         internet = env.internet
         await run(env.server, internet, "7000", "sink7001")
         seen = {g: await run(_tool, env.ns[g], "whoami", "203.0.113.1", "7000") for g in env.ns}
         assert seen["a1"] == "203.0.113.20"
-        assert seen["a2"] == seen["a3"] == "203.0.113.10"
+        assert (seen["a2"], seen["a3"]) == ("203.0.113.11", "203.0.113.10")
         assert seen["b1"] == "203.0.113.30"
 
         # Inbound: the EIP reaches a1, the port mapping reaches a2:22, nothing else enters.
