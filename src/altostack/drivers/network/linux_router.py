@@ -181,7 +181,8 @@ class LinuxRouters:
             await self._serve_metadata(spec.id, ns)
         except BaseException:
             if previous is None:  # a router that never existed leaves nothing behind
-                await self.delete(spec.id)
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    await self.delete(spec.id)
             raise
         self._store(spec)
         return RouterInfo(spec, ns)
