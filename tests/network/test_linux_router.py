@@ -499,3 +499,32 @@ async def test_taps_belong_to_the_user_qemu_runs_as(tmp_path: Path) -> None:
         )
         shown = await asyncio.to_thread(_in, host, "ip", "-d", "link", "show", port.device)
         assert " user nobody " in shown.stdout, shown.stdout
+
+
+async def test_the_lab_external_network_is_idempotent_and_refuses_overlaps() -> None:
+    from altostack.drivers.errors import InvalidSpec
+    from altostack.drivers.network.lab import ExternalLab, ensure_external_lab, remove_external_lab
+
+    with host_namespace("l") as host:
+        await asyncio.to_thread(
+            _ip, "link", "add", "up9", "type", "veth", "peer", "up8", netns=host
+        )
+        await asyncio.to_thread(_ip, "addr", "add", "198.51.100.7/24", "dev", "up9", netns=host)
+        clash = ExternalLab(
+            namespace=f"alto-text-{secrets.token_hex(3)}",
+            cidr="198.51.100.0/24",
+            gateway_ip="198.51.100.1",
+            host_netns=host,
+        )
+        with pytest.raises(InvalidSpec, match="overlaps"):
+            await ensure_external_lab(clash)
+        assert not await asyncio.to_thread(_exists, Path("/run/netns", clash.namespace))
+        external = ExternalLab(namespace=clash.namespace, host_netns=host)
+        try:
+            await ensure_external_lab(external)
+            await ensure_external_lab(external)  # idempotent
+            shown = await asyncio.to_thread(_in, external.namespace, "ip", "-br", "addr")
+            assert "203.0.113.1/24" in shown.stdout
+        finally:
+            await remove_external_lab(external)
+        assert not await asyncio.to_thread(_exists, Path("/run/netns", external.namespace))
