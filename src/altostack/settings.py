@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         "machine), sim (sim_hosts simulated ones), auto (qemu when qemu-system is installed)",
     )
     sim_hosts: int = Field(1, ge=0, le=10000)
+    external_bridge: str | None = Field(
+        None,
+        max_length=15,
+        description="Bridge of this host's external (public) network, where VPC routers "
+        "put their external leg (linux network driver); the all-in-one lab makes one",
+    )
     qemu_run_as: str = Field(
         "auto",
         description="User QEMU drops to (-runas): auto = a dedicated alto-qemu user where "

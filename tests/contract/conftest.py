@@ -19,6 +19,7 @@ branches of the contracts run too.
 from __future__ import annotations
 
 import abc
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -268,19 +269,36 @@ class LinuxNetworkHarness(NetworkHarness):
             state_dir=self.state_dir,
             netns=self.netns,
             underlay_ip="10.99.0.1",
+            external_bridge=EXTERNAL_BRIDGE,
             faults=self.faults,
         )
 
     async def restart(self) -> None:
+        await self.driver.close()  # the agent's process ends: its metadata sockets too
         self.driver = self._new_driver()
+
+
+EXTERNAL_BRIDGE = "alext0"
 
 
 @asynccontextmanager
 async def linux_network_harness() -> AsyncIterator[NetworkHarness]:
+    import subprocess
+
     from tests.support.netns import host_namespace
 
     with host_namespace("c") as name, tempfile.TemporaryDirectory(prefix="alto-net-") as state:
-        yield LinuxNetworkHarness(name, Path(state))
+        bridge = ["ip", "-n", name, "link", "add", EXTERNAL_BRIDGE, "type", "bridge"]
+        await asyncio.to_thread(subprocess.run, bridge, check=True, capture_output=True)
+        harness = LinuxNetworkHarness(name, Path(state))
+        try:
+            yield harness
+        finally:
+            # Router namespaces and their dnsmasq live outside the host's namespace.
+            harness.faults.clear()
+            for router in await harness.driver.list_routers():
+                await harness.driver.delete_router(router.spec.id)
+            await harness.driver.close()
 
 
 # -- the registries: one line per backend --------------------------------------------------

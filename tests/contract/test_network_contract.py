@@ -9,7 +9,20 @@ import pytest
 
 from altostack.domain.ids import new_id
 from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState, NetworkNotFound
-from altostack.drivers.network.base import NetworkSpec, PortSpec, RuleSpec, SecurityGroupSpec
+from altostack.drivers.network.base import (
+    DhcpHost,
+    DnatRule,
+    EipBinding,
+    ExternalSpec,
+    InstanceMetadata,
+    NetworkSpec,
+    PortSpec,
+    RouterSpec,
+    RouterSubnet,
+    RuleSpec,
+    SecurityGroupSpec,
+    SnatRule,
+)
 from tests.contract.conftest import NetworkHarness
 
 _vni = iter(range(5000, 6000))
@@ -209,3 +222,90 @@ def test_rule_specs_are_checked() -> None:
         RuleSpec("sideways")  # type: ignore[arg-type]
     assert RuleSpec("ingress", "tcp", 80).port_max == 80
     assert RuleSpec("ingress", remote_cidr="10.1.2.3/8").remote_cidr == "10.0.0.0/8"
+
+
+# -- routers -----------------------------------------------------------------------------------
+
+
+def _router(network_id: str, **changes: object) -> RouterSpec:
+    spec = RouterSpec(
+        id=new_id("vpc"),
+        network_id=network_id,
+        subnets=(
+            RouterSubnet(new_id("subnet"), "10.20.0.0/25", "10.20.0.1"),
+            RouterSubnet(new_id("subnet"), "10.20.0.128/25", "10.20.0.129", dhcp=False),
+        ),
+        external=ExternalSpec("203.0.113.0/24", "203.0.113.1", "203.0.113.10"),
+        default_snat=True,
+        snat=(SnatRule("10.20.0.0/25", "203.0.113.11"),),
+        eips=(EipBinding("203.0.113.20", "10.20.0.5", bandwidth_mbps=10),),
+        dnat=(DnatRule("203.0.113.11", "tcp", 2222, "10.20.0.6", 22),),
+        dhcp_hosts=(DhcpHost("02:00:00:00:00:05", "10.20.0.5", "web"),),
+        instances=(InstanceMetadata("10.20.0.5", "vm-web", "web", ("ssh-ed25519 AAAA k",)),),
+    )
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+async def test_ensure_router_is_idempotent_converges_and_survives_a_restart(
+    network: NetworkHarness,
+) -> None:
+    net = _net(cidr="10.20.0.0/24", gateway_ip=None)
+    await network.driver.ensure_network(net)
+    spec = _router(net.id)
+    first = await network.driver.ensure_router(spec)
+    assert first.spec == spec
+    assert await network.driver.ensure_router(spec) == first
+    assert await network.driver.list_routers() == [first]
+    changed = replace(
+        spec,
+        eips=(),
+        dnat=(),
+        dhcp_hosts=(*spec.dhcp_hosts, DhcpHost("02:00:00:00:00:07", "10.20.0.7", "db")),
+        instances=(),
+    )
+    second = await network.driver.ensure_router(changed)
+    assert second.spec == changed
+    assert await network.driver.list_routers() == [second]
+    await network.restart()
+    assert await network.driver.list_routers() == [second]
+    assert await network.driver.ensure_router(changed) == second
+
+
+async def test_a_router_without_external_network_and_delete(network: NetworkHarness) -> None:
+    net = _net(cidr="10.20.0.0/24", gateway_ip=None)
+    await network.driver.ensure_network(net)
+    inside = _router(net.id, external=None, default_snat=False, snat=(), eips=(), dnat=())
+    info = await network.driver.ensure_router(inside)
+    assert await network.driver.list_routers() == [info]
+    await network.driver.delete_router(inside.id)
+    await network.driver.delete_router(inside.id)
+    await network.driver.delete_router("vpc-missing")
+    assert await network.driver.list_routers() == []
+
+
+async def test_routers_need_their_network_and_a_failed_one_leaves_nothing(
+    network: NetworkHarness,
+) -> None:
+    with pytest.raises(NetworkNotFound):
+        await network.driver.ensure_router(_router("subnet-missing"))
+    net = _net(cidr="10.20.0.0/24", gateway_ip=None)
+    await network.driver.ensure_network(net)
+    spec = _router(net.id)
+    network.faults.inject("ensure_router", resource_id=spec.id)
+    with pytest.raises(BackendFailure):
+        await network.driver.ensure_router(spec)
+    assert await network.driver.list_routers() == []
+
+
+def test_router_specs_are_checked() -> None:
+    with pytest.raises(ValueError, match="external network"):
+        RouterSpec("vpc-1", "net-1", default_snat=True)
+    with pytest.raises(ValueError, match="outside"):
+        RouterSubnet("subnet-1", "10.0.0.0/24", "10.0.1.1")
+    ordered = RouterSpec(
+        "vpc-1",
+        "net-1",
+        external=ExternalSpec("203.0.113.0/24", "203.0.113.1", "203.0.113.2"),
+        snat=(SnatRule("10.0.0.0/16", "203.0.113.3"), SnatRule("10.0.0.7/32", "203.0.113.4")),
+    )
+    assert [r.source_cidr for r in ordered.snat] == ["10.0.0.7/32", "10.0.0.0/16"]

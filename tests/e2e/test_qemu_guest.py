@@ -217,16 +217,15 @@ def test_kvm_and_nics_change_the_command_line(tmp_path: Path) -> None:
     assert cmd.props("-device", "virtio-net-pci")[0].get("mac") == nic.mac
 
 
-def test_a_nic_with_a_tap_opens_that_tap(tmp_path: Path) -> None:
-    nic = NicSpec(
-        id="p1", mac="52:54:00:00:00:01", ip="10.1.2.30", network_id="vpc-1", tap="tap0123"
+def test_a_tap_nic_opens_the_network_drivers_tap(tmp_path: Path) -> None:
+    nic = NicSpec(id="nic-1", mac="02:00:00:00:00:01", ip="10.1.2.30", network_id="vpc-1")
+    cmd = build_command(
+        "qemu-system-x86_64", _machine(tmp_path, nics=(NicForward(nic, tap="tapx"),))
     )
-    cmd = build_command("qemu-system-x86_64", _machine(tmp_path, nics=(NicForward(nic, 8080),)))
-    assert not cmd.props("-netdev", "user")  # no user-mode network, no port forward
     netdev = cmd.props("-netdev", "tap")[0]
-    assert (netdev.get("id"), netdev.get("ifname")) == ("net-p1", "tap0123")
+    assert (netdev.get("id"), netdev.get("ifname")) == ("net-nic-1", "tapx")
     assert (netdev.get("script"), netdev.get("downscript")) == ("no", "no")
-    assert cmd.props("-device", "virtio-net-pci")[0].get("netdev") == "net-p1"
+    assert cmd.props("-device", "virtio-net-pci")[0].get("netdev") == "net-nic-1"
 
 
 def test_data_disks_slots_snapshots_and_incoming_change_the_command_line(

@@ -35,7 +35,8 @@ def test_port_chains_follow_priority_deny_first_and_end_in_drop() -> None:
     )
     port = FirewallPort("tapx", 7, "02:00:00:00:00:07", "10.0.0.7", ("sg-a", "sg-unknown"))
     doc = ruleset([FirewallNetwork("albr-9", conntrack_zone(9))], [port], {"sg-a": group})
-    chain = _rules(doc, "inet", "in_7")
+    dhcp, *chain = _rules(doc, "inet", "in_7")
+    assert '"sport"' in json.dumps(dhcp) and dhcp[-1] == {"accept": None}  # DHCP answers
     verdicts = [next(k for k in expr[-1]) for expr in chain]
     assert verdicts == ["drop", "accept", "accept", "drop"]  # deny, :80, :22, default
     assert json.dumps(chain[0]).count("10.9.0.0") == 1

@@ -42,6 +42,8 @@ NETWORK_OPERATIONS = frozenset(
         "ensure_port",
         "delete_port",
         "ensure_security_group",
+        "ensure_router",
+        "delete_router",
         "delete_security_group",
     }
 )

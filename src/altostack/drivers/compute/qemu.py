@@ -39,6 +39,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from altostack.drivers import tools
 from altostack.drivers.compute.base import (
@@ -53,6 +54,7 @@ from altostack.drivers.compute.base import (
     IncomingMigration,
     MigrationManifest,
     MigrationResult,
+    NicSpec,
     ProgressCallback,
     StoppedBy,
     VmSpec,
@@ -136,8 +138,12 @@ from altostack.drivers.errors import (
     VmNotFound,
 )
 from altostack.drivers.faults import FaultInjector
+from altostack.drivers.network.base import device_name
 
-__all__ = ["QEMU_CAPABILITIES", "LocalImageCache", "QemuComputeDriver"]
+__all__ = ["QEMU_CAPABILITIES", "LocalImageCache", "NicBackend", "QemuComputeDriver"]
+
+NicBackend = Literal["user", "tap"]
+"""How VM NICs reach a network: user-mode (no SDN) or the network driver's port taps."""
 
 QEMU_CAPABILITIES = ComputeCapabilities(
     pause=True,
@@ -202,6 +208,7 @@ class QemuComputeDriver(ComputeDriver):
         forward_http: bool = True,
         run_as: str | None = None,
         hot_add: HotAddLimits | None = None,
+        nic_backend: NicBackend = "user",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.vms_dir = self.state_dir / "vms"
@@ -214,7 +221,10 @@ class QemuComputeDriver(ComputeDriver):
         self.arch = host_arch()
         self.binary = binary or qemu_binary(self.arch)
         self.soft_reboot_timeout = soft_reboot_timeout
-        self.forward_http = forward_http
+        if nic_backend not in ("user", "tap"):
+            raise ValueError(f"nic_backend must be user or tap, not {nic_backend!r}")
+        self.nic_backend = nic_backend
+        self.forward_http = forward_http and nic_backend == "user"
         self.hot_add = hot_add
         """Room for vCPUs/memory added live, given to every VM at its cold start (None:
         resizing a running VM needs a restart)."""
@@ -406,7 +416,8 @@ class QemuComputeDriver(ComputeDriver):
             nics=tuple(
                 stats
                 for nic in record.nics
-                if nic.tap is not None and (stats := link_stats(nic.tap)) is not None
+                if (tap := self._nic(nic, None).tap) is not None
+                and (stats := link_stats(tap)) is not None
             ),
         )
 
@@ -960,7 +971,7 @@ class QemuComputeDriver(ComputeDriver):
             return
         async with self._qmp(paths, record.id) as qmp:
             for nic in removed:
-                await unplug_nic(qmp, NicForward(nic, ports.get(nic.id)), timeout=UNPLUG_TIMEOUT)
+                await unplug_nic(qmp, self._nic(nic, ports.get(nic.id)), timeout=UNPLUG_TIMEOUT)
                 record.nics.remove(nic)
                 record.release_slot(nic_ids(nic)[0])
                 ports.pop(nic.id, None)
@@ -971,7 +982,7 @@ class QemuComputeDriver(ComputeDriver):
                 device = nic_ids(nic)[0]
                 record.slot(device)
                 try:
-                    await plug_nic(qmp, NicForward(nic, port), record.pci_slots)
+                    await plug_nic(qmp, self._nic(nic, port), record.pci_slots)
                 except BaseException:
                     record.release_slot(device)
                     raise
@@ -1313,10 +1324,18 @@ class QemuComputeDriver(ComputeDriver):
             vnc_host=self.console_host,
             vnc_port=record.vnc_port,
             nics=tuple(
-                NicForward(nic, record.http_ports[i] if i < len(record.http_ports) else None)
+                self._nic(nic, record.http_ports[i] if i < len(record.http_ports) else None)
                 for i, nic in enumerate(record.nics)
             ),
         )
+
+    def _nic(self, nic: NicSpec, http_port: int | None) -> NicForward:
+        """The NIC's backend: the network driver's tap for the port, or user-mode."""
+        if nic.tap is not None:
+            return NicForward(nic, tap=nic.tap)
+        if self.nic_backend == "tap":
+            return NicForward(nic, tap=device_name("tap", nic.id))
+        return NicForward(nic, http_port)
 
     async def _launch(self, binary: str, record: VmRecord, *, incoming: bool = False) -> None:
         """Launch QEMU; when another process took the VNC port since it was picked (other

@@ -21,10 +21,11 @@ Choices (see docs/qemu.md):
 - Disks are ``-blockdev`` nodes with fixed names (``root``, ``seed``) so QMP can address
   them: the root disk is a qcow2 overlay, the NoCloud seed a read-only raw ISO whose file
   node can be swapped live (``blockdev-reopen``).
-- No NIC unless the spec has one (``-nic none``). A NIC with a ``tap`` opens that tap (made
-  by the network driver on the VPC bridge); without one, a NIC is
-  user-mode networking with ``restrict=on`` (the guest reaches nothing outside; port 80 is
-  forwarded from a loopback port so the host can reach the guest's HTTP server).
+- No NIC unless the spec has one (``-nic none``). A NIC is either a tap the network
+  driver made for its port on the VPC bridge (``NicSpec.tap``, or ``nic_backend="tap"``:
+  ``tap<hash of the port id>``) or user-mode networking with ``restrict=on`` (the guest
+  reaches nothing outside; port 80 is forwarded from a loopback port so the host can reach
+  the guest's HTTP server).
 """
 
 from __future__ import annotations
@@ -117,11 +118,14 @@ class QemuCommand:
 
 @dataclass(frozen=True)
 class NicForward:
-    """A NIC in user-mode networking: the MAC, the address DHCP hands out, a port forward."""
+    """A NIC and its backend: user-mode networking (the address DHCP hands out, a port
+    forward) unless ``tap`` names the host's tap device for it (the network driver's port,
+    on the VPC's bridge; the VPC's router serves its DHCP)."""
 
     nic: NicSpec
     http_port: int | None = None
-    """Loopback port forwarded to the guest's port 80, if any."""
+    """Loopback port forwarded to the guest's port 80, if any (user-mode only)."""
+    tap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,11 +255,9 @@ def _addr(slots: Mapping[str, int], device_id: str) -> dict[str, str]:
 def nic_netdev_args(forward: NicForward) -> dict[str, Any]:
     """The NIC's backend, as QMP ``netdev_add`` arguments: its tap, else user-mode."""
     _, netdev = nic_ids(forward.nic)
-    if forward.nic.tap is not None:
-        # The tap exists (the network driver made it persistent, on the bridge): QEMU
-        # only opens it, so no scripts run and nothing is left behind when QEMU ends.
-        return {"type": "tap", "id": netdev, "ifname": forward.nic.tap,
-                "script": "no", "downscript": "no"}  # fmt: skip
+    if forward.tap is not None:  # a persistent tap the network driver made: QEMU only opens it
+        return {"type": "tap", "id": netdev, "ifname": forward.tap, "script": "no",
+                "downscript": "no"}  # fmt: skip
     args: dict[str, Any] = {"type": "user", "id": netdev, "restrict": True}
     args.update(_slirp_net(forward.nic))
     if forward.http_port is not None:
@@ -301,8 +303,8 @@ def _props(head: str | None, args: Mapping[str, Any], *, skip: Iterable[str] = (
 
 
 def _nic_options(forward: NicForward, slots: Mapping[str, int]) -> Iterator[QemuOption]:
-    args = nic_netdev_args(forward)
-    yield QemuOption("-netdev", _props(str(args["type"]), args, skip=("type",)))
+    netdev = nic_netdev_args(forward)
+    yield QemuOption("-netdev", _props(netdev["type"], netdev, skip=("type",)))
     yield QemuOption(
         "-device", _props("virtio-net-pci", nic_device_args(forward.nic, slots), skip=("driver",))
     )

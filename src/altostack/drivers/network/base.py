@@ -411,3 +411,10 @@ class NetworkDriver(abc.ABC):
     @abc.abstractmethod
     async def list_routers(self) -> list[RouterInfo]:
         """Every router on the host, sorted by id."""
+
+    async def close(self) -> None:  # noqa: B027 (a no-op is the right default)
+        """Stop what this driver instance serves from its own process; the data plane stays.
+
+        The ``linux`` backend serves routers' metadata from the agent's event loop; an
+        agent that stops (or a test that replaces the instance) closes the old one first.
+        """

@@ -12,8 +12,9 @@ network, MAC, IP and security groups in the tap's alias (JSON; ``ip -d link`` sh
 So a new driver instance (an agent restart) rebuilds its view from ``ip link`` alone, and
 devices that carry no such alias are never touched.
 
-Security groups, anti-spoofing, routers, NAT and DHCP come with the rest of the SDN work;
-a port's groups are recorded now so the contract holds.
+Security groups and anti-spoofing are :mod:`linux_firewall`; each VPC's router (gateways,
+NAT, elastic IPs, DHCP, metadata) is a namespace of its own, :mod:`linux_router`, with
+its legs on the VPC's bridge and on the host's external bridge (``external_bridge``).
 
 Netlink calls go through pyroute2's ``AsyncIPRoute``; ``netns`` selects the namespace the
 host's data plane lives in (``None``: the agent's own). A multi-host lab on one machine is
@@ -26,6 +27,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import pwd
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,9 +44,9 @@ from altostack.drivers.errors import (
     InvalidSpec,
     InvalidState,
     NetworkNotFound,
-    NotSupported,
 )
 from altostack.drivers.faults import FaultInjector
+from altostack.drivers.network import linux_netns
 from altostack.drivers.network.base import (
     NetworkDriver,
     NetworkInfo,
@@ -65,6 +67,7 @@ from altostack.drivers.network.linux_firewall import (
     empty_ruleset,
     ruleset,
 )
+from altostack.drivers.network.linux_router import LinuxRouters
 
 __all__ = ["VXLAN_PORT", "LinuxNetworkDriver", "bridge_name", "vxlan_name"]
 
@@ -126,6 +129,8 @@ class LinuxNetworkDriver(NetworkDriver):
         state_dir: Path,
         underlay_ip: str | None = None,
         netns: str | None = None,
+        external_bridge: str | None = None,
+        tap_user: str | None = None,
         faults: FaultInjector | None = None,
     ) -> None:
         if underlay_ip is not None:
@@ -136,6 +141,18 @@ class LinuxNetworkDriver(NetworkDriver):
         # 128 bytes), so their specs are files; the ruleset is always derived from them.
         self.groups_dir = Path(state_dir) / "security-groups"
         self.faults = faults or FaultInjector()
+        self.external_bridge = external_bridge
+        # QEMU under -runas opens taps it hot-plugs as that user: the tap must be its own.
+        self._tap_owner: dict[str, int] = {}
+        if tap_user is not None:
+            entry = pwd.getpwnam(tap_user)  # KeyError for an unknown user, at construction
+            self._tap_owner = {"uid": entry.pw_uid, "gid": entry.pw_gid}
+        self._routers = LinuxRouters(
+            state_dir=Path(state_dir),
+            host_netns=netns,
+            external_bridge=external_bridge,
+            faults=self.faults,
+        )
         # Uniqueness (VNI, IP, MAC) spans objects, so changes are serialised per driver.
         self._lock = asyncio.Lock()
 
@@ -308,13 +325,31 @@ class LinuxNetworkDriver(NetworkDriver):
     # -- routers ---------------------------------------------------------------------------
 
     async def ensure_router(self, spec: RouterSpec) -> RouterInfo:
-        raise NotSupported("routers", "routers on the linux backend are not built yet")
+        async with self._lock, self._ipr() as ipr:
+            networks, _ = await self._state(ipr)
+            found = networks.get(spec.network_id)
+            if found is None:
+                raise NetworkNotFound(spec.network_id)
+            return await self._routers.ensure(spec, bridge_name(found[0].vni))
 
     async def delete_router(self, router_id: str) -> None:
-        return None  # no router can exist yet
+        async with self._lock:
+            known = self._routers.stored(router_id) is not None
+            if not known and not linux_netns.exists(self._routers.namespace(router_id)):
+                return
+            self.faults.check("delete_router", router_id)
+            await self._routers.delete(router_id)
 
     async def list_routers(self) -> list[RouterInfo]:
-        return []
+        return self._routers.list()
+
+    async def close(self) -> None:
+        """Stop what the driver serves from this process (metadata); the data plane stays.
+
+        Routers' metadata is served by the process that owns the driver: keep the driver
+        alive while VMs should reach it, and call this when the agent stops.
+        """
+        await self._routers.close()
 
     # -- ports -----------------------------------------------------------------------------
 
@@ -368,7 +403,9 @@ class LinuxNetworkDriver(NetworkDriver):
                         peer_index = await self._index(ipr, peer)
                         await ipr.link("set", index=peer_index, mtu=net.mtu, address=spec.mac)
                     else:
-                        await ipr.link("add", ifname=device, kind="tuntap", mode="tap")
+                        await ipr.link(
+                            "add", ifname=device, kind="tuntap", mode="tap", **self._tap_owner
+                        )
                     created = True
                 index = await self._index(ipr, device)
                 await ipr.link(

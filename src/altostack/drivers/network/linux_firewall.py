@@ -10,9 +10,10 @@ passes bridged IPv4 through the ``inet`` hooks *with conntrack*, but there ``iif
 
 1. ``bridge alto fwd`` (priority -200, before br_netfilter) sees the real ports. It drops
    frames whose Ethernet, ARP or IPv4 source is not the port's own (a DHCP request from
-   0.0.0.0 is let through), drops IPv6 from ports (not supported yet), and writes the
+   0.0.0.0 is let through) and DHCP answers (only the VPC's router serves DHCP), drops
+   IPv6 from ports (not supported yet), and writes the
    ports into the packet mark: ingress port index in the high 16 bits, egress port index
-   in the low 16 bits.
+   in the low 16 bits. Every port's ingress chain lets DHCP answers in, whatever its groups.
 2. ``inet alto pre`` (priority raw) puts each network's traffic in its own conntrack zone,
    so networks with overlapping CIDRs never share connection state.
 3. ``inet alto fwd`` accepts established/related traffic, drops invalid traffic of our
@@ -158,6 +159,15 @@ def _bridge_table(ports: list[FirewallPort]) -> list[Json]:
                 _match(_payload("ip", "saddr"), port.ip, "!="),
                 _drop(),
             ),
+            # VMs are DHCP clients only: the VPC's router is its one DHCP server.
+            _rule(
+                family,
+                "fwd",
+                iif,
+                _match(ether_type, "ip"),
+                _match(_payload("udp", "sport"), 67),
+                _drop(),
+            ),
             _rule(family, "fwd", iif, _match(ether_type, "ip6"), _drop()),
             _rule(family, "fwd", iif, _mark_set({"|": [_meta("mark"), port.index << 16]})),
             _rule(
@@ -217,6 +227,13 @@ def _port_chains(port: FirewallPort, groups: dict[str, SecurityGroupSpec]) -> li
         ("ingress", f"in_{port.index}", _accept()),
     ):
         out.append(_chain("inet", chain))
+        if direction == "ingress":  # DHCP answers (no VM may send them: see the bridge)
+            dhcp = [
+                _match(_meta("l4proto"), "udp"),
+                _match(_payload("udp", "sport"), 67),
+                _match(_payload("udp", "dport"), 68),
+            ]
+            out.append(_rule("inet", chain, *dhcp, _accept()))
         for rule in ordered:
             if rule.direction != direction:
                 continue
