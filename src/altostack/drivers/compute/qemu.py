@@ -1027,6 +1027,40 @@ class QemuComputeDriver(ComputeDriver):
                 snapshot_id, vm_id, "root", str(paths.dir / frozen), str(overlay), datetime.now(UTC)
             )
 
+    async def _attached_live(self, vm_id: str, disk_id: str) -> tuple[VmPaths, str] | None:
+        """(paths, QEMU node) of an attached data disk when the VM runs; None when stopped."""
+        observed = await self._require(vm_id)
+        disk = next((d for d in observed.record.disks if d.id == disk_id), None)
+        if disk is None:
+            raise InvalidSpec(f"{vm_id} has no disk {disk_id!r}")
+        if not self._live(observed):
+            return None
+        return self.paths(vm_id), disk_ids(disk)[1]
+
+    async def resize_disk(self, vm_id: str, disk_id: str, size_gib: int) -> None:
+        async with self._lock(vm_id):
+            live = await self._attached_live(vm_id, disk_id)
+            if live is None:
+                return
+            paths, node = live
+            async with self._qmp(paths, vm_id) as qmp:
+                self.faults.check("resize_disk", vm_id)
+                await qmp.execute("block_resize", {"node-name": node, "size": size_gib * GIB})
+            append_event(paths.events, f"resize {disk_id} {size_gib}G")
+
+    async def snapshot_attached_disk(self, vm_id: str, disk_id: str, snapshot_id: str) -> None:
+        async with self._lock(vm_id):
+            live = await self._attached_live(vm_id, disk_id)
+            if live is None:
+                raise InvalidState("stopped", "running", resource_id=vm_id)
+            paths, node = live
+            async with self._qmp(paths, vm_id) as qmp:
+                self.faults.check("snapshot_disk", vm_id)
+                await qmp.execute(
+                    "blockdev-snapshot-internal-sync", {"device": node, "name": snapshot_id}
+                )
+            append_event(paths.events, f"snapshot {disk_id} {snapshot_id}")
+
     @staticmethod
     def _live(observed: _Observed) -> bool:
         return observed.pid is not None and observed.state in ("running", "paused")
