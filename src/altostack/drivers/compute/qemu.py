@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -935,6 +936,26 @@ class QemuComputeDriver(ComputeDriver):
             record.http_ports = []
         save_record(self.paths(record.id).record, record)
 
+    def _link_for(self, paths: VmPaths, disk: DiskSpec) -> Path:
+        return paths.dir / f"data-{disk.id}.{disk.format}"
+
+    def _reachable(self, paths: VmPaths, disk: DiskSpec) -> DiskSpec:
+        """The disk as QEMU opens it: with ``-runas``, a hard link in the VM's directory
+        (which QEMU's user reaches) instead of a path in a storage pool whose directories
+        it must not (a pool keeps other tenants' volumes). Same inode: the pool's snapshots,
+        rollbacks and resizes act on the very file the guest uses. Without privilege
+        dropping, or across filesystems, the path as given. The record keeps the spec as
+        given (``list_disks`` answers what was attached)."""
+        if self.run_as is None:
+            return disk
+        link = self._link_for(paths, disk)
+        try:
+            if not link.exists() and _is_file(disk.path):
+                os.link(disk.path, link)
+        except OSError:
+            return disk
+        return dataclasses.replace(disk, path=str(link)) if link.exists() else disk
+
     async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
         async with self._lock(vm_id):
             observed = await self._require(vm_id)
@@ -948,6 +969,7 @@ class QemuComputeDriver(ComputeDriver):
             if not _is_file(disk.path):
                 raise InvalidSpec(f"disk {disk.id}: {disk.path} is not a file on {self.hostname}")
             self._give(Path(disk.path))
+            opened = self._reachable(paths, disk)
             device = disk_ids(disk)[0]
             try:
                 record.slot(device)
@@ -957,7 +979,7 @@ class QemuComputeDriver(ComputeDriver):
                 if self._live(observed):
                     async with self._qmp(paths, vm_id) as qmp:
                         self.faults.check("attach_disk", vm_id)
-                        await plug_disk(qmp, disk, record.pci_slots)
+                        await plug_disk(qmp, opened, record.pci_slots)
                 else:
                     self.faults.check("attach_disk", vm_id)
             except BaseException:
@@ -983,6 +1005,8 @@ class QemuComputeDriver(ComputeDriver):
             record.disks.remove(disk)
             record.release_slot(disk_ids(disk)[0])
             save_record(paths.record, record)
+            with contextlib.suppress(FileNotFoundError):  # our link (see _reachable)
+                os.unlink(self._link_for(paths, disk))
             append_event(paths.events, f"detach {disk.id}")
 
     async def list_disks(self, vm_id: str) -> list[DiskSpec]:
@@ -1241,7 +1265,7 @@ class QemuComputeDriver(ComputeDriver):
         paths = self.paths(record.id)
         return QemuMachine(
             root_file=paths.dir / record.root_layers[-1],
-            disks=tuple(record.disks),
+            disks=tuple(self._reachable(paths, d) for d in record.disks),
             slots=dict(record.pci_slots),
             incoming=incoming,
             run_as=None if self.run_as is None else self.run_as.name,
