@@ -234,7 +234,7 @@ async def test_storage_pools_admin_reports_and_health(client, admin, owner, pool
     assert r.status_code == 409 and "ssd" in r.json()["detail"]
     r = await client.post("/v1/storage-pools", json={**again, "backend": "nfs"}, headers=admin)
     assert r.status_code in (400, 422) and "backend" in r.text
-    assert (await client.get(f"/v1/storage-pools/{pool['id']}", headers=owner)).status_code == 404
+    assert (await client.get(f"/v1/storage-pools/{pool['id']}", headers=owner)).status_code == 403
 
     for _ in range(50):
         await asyncio.sleep(0.1)

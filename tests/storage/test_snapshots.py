@@ -8,7 +8,9 @@ import asyncio
 import hashlib
 
 import pytest
+from sqlalchemy import update
 
+from altostack.db.models_storage import Disk
 from tests.compute.conftest import act, create_vm, wait_op
 from tests.storage.conftest import create_disk, disk_act, snapshot, storage_of
 
@@ -87,6 +89,13 @@ async def test_per_disk_limit_and_stopped_vm_rollback(client, owner, container) 
     assert (await wait_op(client, owner, r.json()["operation"]))["state"] == "succeeded"
     got = (await client.get(f"/v1/disks/{disk['id']}", headers=owner)).json()
     assert got["state"] == "in-use"
+    async with container.db.uow() as uow:  # a rollback under way holds the VM's start
+        await uow.session.execute(
+            update(Disk).where(Disk.id == disk["id"]).values(state="restoring")
+        )
+        await uow.commit()
+    r = await act(client, owner, vm["id"], "start")
+    assert r.status_code == 409 and r.json()["disk_id"] == disk["id"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
