@@ -28,6 +28,7 @@ import altostack
 from altostack.agent.agent import Agent
 from altostack.agent.codec import host_info_to_dict
 from altostack.db.models_compute import Cluster, Image, InstanceType, Region
+from altostack.db.models_storage import StoragePool
 from altostack.domain.ids import new_id
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import FetchedImage, LocalImageCache
@@ -37,6 +38,8 @@ from altostack.drivers.compute.qemu_hotadd import limits
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
+from altostack.drivers.storage.base import StorageDriver
+from altostack.drivers.storage.local import LocalStorageDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 from altostack.services.context import SYSTEM, RequestContext
@@ -150,14 +153,20 @@ async def _join_token(c: Container, cluster: Cluster) -> str:
     return token
 
 
-async def _start_agent(c: Container, token: str, driver: ComputeDriver) -> Agent:
+async def _start_agent(
+    c: Container, token: str, driver: ComputeDriver, storage: StorageDriver | None = None
+) -> Agent:
     """Register the driver's host with its real capacity and run its agent here."""
     info = await driver.host_info()
     report = host_info_to_dict(info)
     report["capabilities"] = dataclasses.asdict(driver.capabilities)
     host, _agent_token = await c.infra.register_host(token, hostname=info.hostname, report=report)
     agent = Agent(
-        host["id"], c.bus, driver, heartbeat_interval=c.settings.heartbeat_interval_seconds
+        host["id"],
+        c.bus,
+        driver,
+        heartbeat_interval=c.settings.heartbeat_interval_seconds,
+        storage=storage,
     )
     await agent.start()
     return agent
@@ -223,11 +232,35 @@ def qemu_driver(c: Container) -> QemuComputeDriver:
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:
     """This machine as the cloud's one host, and the test guest as the default image."""
     driver = qemu_driver(c)
-    agent = await _start_agent(c, await _join_token(c, cluster), driver)
+    # Data disks: qcow2 files of a ``local`` pool beside the VMs, mapped to the usual classes.
+    storage = LocalStorageDriver(c.settings.data_dir / "qemu" / "pool")
+    agent = await _start_agent(c, await _join_token(c, cluster), driver, storage)
+    await ensure_local_pool(c, cluster)
     c.placement.invalidate()
     log.info("local QEMU host started", hostname=driver.hostname, accel=driver.accel)
     await ensure_default_image(c)
     return agent
+
+
+async def ensure_local_pool(c: Container, cluster: Cluster) -> None:
+    """A ``local`` storage pool serving ``standard`` and ``ssd`` to the cluster, once."""
+    async with c.db.uow() as uow:
+        if await uow.session.scalar(select(func.count()).select_from(StoragePool)):
+            return
+        uow.session.add(
+            StoragePool(
+                id=new_id("pool"),
+                name="local",
+                backend="local",
+                shared=False,
+                storage_classes=["standard", "ssd"],
+                cluster_ids=[cluster.id],
+                allocation_ratio=1.0,
+                provisioned_gib=0,
+                description="qcow2 files on each host (made by the all-in-one)",
+            )
+        )
+        await uow.commit()
 
 
 async def ensure_default_image(c: Container) -> str | None:

@@ -11,6 +11,7 @@ import structlog
 from altostack.api.metrics import ApiMetrics
 from altostack.bus import Bus, connect
 from altostack.controllers.compute import ComputeController
+from altostack.controllers.disks import DiskController
 from altostack.controllers.host_monitor import HostMonitor
 from altostack.controllers.image_export import ImageExportController
 from altostack.controllers.janitor import Janitor
@@ -22,6 +23,7 @@ from altostack.db.migrate import upgrade
 from altostack.services.apikeys import ApiKeyService
 from altostack.services.auth import AuthService
 from altostack.services.console import ConsoleService
+from altostack.services.disks import DiskService
 from altostack.services.events import EventService
 from altostack.services.idempotency import IdempotencyService
 from altostack.services.image_store import ImageStore
@@ -34,6 +36,8 @@ from altostack.services.passwords import Passwords
 from altostack.services.placement import PlacementService
 from altostack.services.quotas import QuotaService
 from altostack.services.roles import RoleService
+from altostack.services.snapshots import SnapshotService
+from altostack.services.storage_pools import StoragePoolService
 from altostack.services.tenants import TenantService
 from altostack.services.users import UserService
 from altostack.services.vm_host import VmHostService
@@ -73,6 +77,10 @@ class Container:
     network: NetworkService
     security_groups: SecurityGroupService
     host_monitor: HostMonitor
+    storage_pools: StoragePoolService
+    disks: DiskService
+    snapshots: SnapshotService
+    disk_controller: DiskController
     metrics: ApiMetrics
     agents: list[Any] = field(default_factory=list)
     sim_hypervisors: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +100,7 @@ class Container:
             await self.worker.start()
             self.janitor.start()
             await self.host_monitor.start()
+            await self.storage_pools.start()
         if self.settings.seed:
             from altostack import allinone
 
@@ -108,6 +117,7 @@ class Container:
         for agent in self.agents:
             await agent.stop()
         if self.run_worker:
+            await self.storage_pools.stop()
             await self.host_monitor.stop()
             await self.janitor.stop()
             await self.worker.stop()
@@ -174,6 +184,19 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     registry.register("image.import", import_image)
     NetworkController(db, quotas).register(registry)
     network = NetworkService(db, operations, quotas)
+    storage_pools = StoragePoolService(db, bus)
+    disks = DiskService(
+        db, operations, quotas, storage_pools, recycle_seconds=settings.recycle_seconds
+    )
+    disk_controller = DiskController(
+        db, compute, disks, storage_pools, quotas, operations,
+        max_attempts=settings.operation_max_attempts,
+    )  # fmt: skip
+    disk_controller.register(registry)
+    host_monitor = HostMonitor(
+        db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
+    )
+    host_monitor.extra_sweeps.append(disk_controller.sweep)
     container = Container(
         settings=settings,
         db=db,
@@ -205,9 +228,13 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         compute=compute,
         network=network,
         security_groups=SecurityGroupService(db, quotas, network),
-        host_monitor=HostMonitor(
-            db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
+        host_monitor=host_monitor,
+        storage_pools=storage_pools,
+        disks=disks,
+        snapshots=SnapshotService(
+            db, operations, quotas, disks, per_disk_limit=settings.snapshots_per_disk
         ),
+        disk_controller=disk_controller,
         **overrides,
     )
     for name in settings.plugins:

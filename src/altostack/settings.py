@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     recycle_seconds: int = Field(
         360000, ge=0, description="How long deleted VMs stay in the recycle bin (100 h)"
     )
+    snapshots_per_disk: int = Field(10, ge=1, description="The most snapshots one disk may have")
     sim_timing_scale: float = Field(
         1.0, ge=0, description="Multiplies the sim driver's realistic delays (0: instant)"
     )

@@ -83,6 +83,19 @@ async def _compute_ids(client, owner) -> dict[str, str]:
     }
 
 
+async def _storage_ids(client, admin, owner) -> dict[str, str]:
+    clusters = (await client.get("/v1/clusters", headers=admin)).json()["items"]
+    body = {"name": "p", "backend": "sim", "storage_classes": ["standard"],
+            "cluster_ids": [clusters[0]["id"]]}  # fmt: skip
+    pool = (await client.post("/v1/storage-pools", json=body, headers=admin)).json()
+    r = await client.post("/v1/disks", json={"name": "d", "size_gib": 1}, headers=owner)
+    await wait_op(client, owner, r.json()["operation"])
+    disk_id = r.json()["disk"]["id"]
+    r = await client.post("/v1/snapshots", json={"disk_id": disk_id, "name": "s"}, headers=owner)
+    await wait_op(client, owner, r.json()["operation"])
+    return {"storage-pools": pool["id"], "disks": disk_id, "snapshots": r.json()["snapshot"]["id"]}
+
+
 @pytest.fixture
 async def world(client, admin, container) -> dict[str, Any]:
     """Tenant A with one resource of every kind; tenant B's owner."""
@@ -104,6 +117,7 @@ async def world(client, admin, container) -> dict[str, Any]:
     ids = {
         **await _platform_ids(client, admin),
         **await _compute_ids(client, owner_a),
+        **await _storage_ids(client, admin, owner_a),
         "tenants": tenant_a["id"],
         "users": user["id"],
         "roles": role["id"],

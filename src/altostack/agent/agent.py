@@ -21,6 +21,7 @@ from altostack.agent.codec import (
     stats_to_dict,
     status_to_dict,
 )
+from altostack.agent.disk_ops import DiskOps
 from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
 from altostack.bus import Bus, Message, Subscription
@@ -53,6 +54,10 @@ class Agent:
         self.bus = bus
         self.compute = compute
         self.exports = DiskExports(compute, storage or compute.root_disk_storage)
+        images = getattr(compute, "images", None)
+        self.disks = DiskOps(
+            compute, storage or compute.root_disk_storage, getattr(images, "ensure", None)
+        )
         self.heartbeat_interval = heartbeat_interval
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -94,8 +99,16 @@ class Agent:
                 "host_id": self.host_id,
                 "load": min(1.0, busy / (self._cores * 4)),
                 "vms": [status_to_dict(v) for v in vms],
+                "storage": await self._storage_report(),
             },
         )
+
+    async def _storage_report(self) -> dict[str, Any] | None:
+        try:
+            return await self.disks.report()
+        except Exception:  # a sick pool must not stop the heartbeat
+            log.exception("storage pool report failed")
+            return {"health": "error", "health_detail": "the pool did not answer"}
 
     async def _on_command(self, message: Message) -> dict[str, Any]:
         data = message.data
@@ -106,7 +119,9 @@ class Agent:
                 "ok": False,
                 "error": {"code": "InvalidSpec", "message": f"unknown action {action!r}"},
             }
-        vm_id = str(data.get("vm_id") or (data.get("spec") or {}).get("id") or "")
+        vm_id = str(
+            data.get("vm_id") or (data.get("spec") or {}).get("id") or data.get("volume_id") or ""
+        )
         lock = self._locks.setdefault(vm_id, asyncio.Lock())
         try:
             if action in READS:  # never queued behind a 60 s stop of the same VM
@@ -202,4 +217,5 @@ class Agent:
             "export_disk": self.exports.begin,
             "read_export": self.exports.read,
             "end_export": self.exports.end,
+            **self.disks.handlers(),  # cloud disks (agent/disk_ops.py)
         }

@@ -27,6 +27,7 @@ from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_host import choose_run_as
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 
@@ -85,6 +86,16 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
     raise SystemExit(f"unknown driver {options.driver!r} (qemu or sim)")
 
 
+def build_storage(options: AgentOptions, driver: ComputeDriver) -> StorageDriver | None:
+    """The host's pool for data disks: with QEMU, qcow2 files under ``<state dir>/pool``
+    (a ``local`` storage pool); the sim keeps its root-disk pool."""
+    if options.driver != "qemu":
+        return None
+    from altostack.drivers.storage.local import LocalStorageDriver
+
+    return LocalStorageDriver((options.state_dir or default_state_dir()) / "pool")
+
+
 async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, str]:
     """Join the cluster; returns (host id, bus URL). Retries while the API is unreachable."""
     report = host_info_to_dict(await driver.host_info())
@@ -118,7 +129,13 @@ async def run(options: AgentOptions) -> None:
             "shared bus: start it with `alto up --bus nats://…` (or pass --bus)"
         )
     bus = connect(bus_url)
-    agent = Agent(host_id, bus, driver, heartbeat_interval=options.heartbeat_interval)
+    agent = Agent(
+        host_id,
+        bus,
+        driver,
+        heartbeat_interval=options.heartbeat_interval,
+        storage=build_storage(options, driver),
+    )
     await agent.start()
     log.info("agent joined", host_id=host_id, hostname=options.hostname, bus=bus_url)
     print(f"agent of {options.hostname} joined as {host_id}", flush=True)

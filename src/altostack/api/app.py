@@ -24,6 +24,7 @@ from altostack.api.routers import (
     operations,
     quotas,
     roles,
+    storage,
     tenants,
     users,
     vm_host,
@@ -48,6 +49,7 @@ ROUTERS = [
     vms.router,
     console.router,
     network.router,
+    storage.router,
     vm_host.router,
     events.router,
 ]

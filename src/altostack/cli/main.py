@@ -21,6 +21,7 @@ from altostack.cli.commands import (
     quotas,
     roles,
     session,
+    storage,
     tenants,
     users,
 )
@@ -104,6 +105,9 @@ app.add_typer(compute_vms.recycle_bin, name="recycle-bin")
 app.add_typer(network.vpcs, name="vpc")
 app.add_typer(network.subnets, name="subnet")
 app.add_typer(network.groups, name="sg")
+app.add_typer(storage.disks, name="disk")
+app.add_typer(storage.snapshots, name="snapshot")
+app.add_typer(storage.pools, name="storage-pool")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -54,6 +55,8 @@ class HostMonitor:
         self.vms = vms
         self.interval = interval
         self._orphans_seen: set[str] = set()
+        self.extra_sweeps: list[Callable[[], Awaitable[object]]] = []
+        """More periodic housekeeping (the disks' recycle bin), run after each sweep."""
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
 
@@ -99,6 +102,8 @@ class HostMonitor:
             )
         for vm_id in await self.vms.due_for_purge():
             await self._operation(vm_id, "vm.purge", tenant_id=None)
+        for extra in self.extra_sweeps:
+            await extra()
 
     async def on_heartbeat(self, message: Message) -> dict[str, Any] | None:
         host_id = str(message.data.get("host_id"))

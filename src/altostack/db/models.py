@@ -222,3 +222,4 @@ class LoginThrottle(Base):
 # same metadata, so Alembic and the tests see one schema.
 from altostack.db import models_compute as _compute  # noqa: E402, F401
 from altostack.db import models_network as _network  # noqa: E402, F401
+from altostack.db import models_storage as _storage  # noqa: E402, F401

@@ -43,13 +43,22 @@ LIVE_ACTIONS = frozenset(
 )  # fmt: skip
 """Disks, snapshots and live migration (``altostack.agent.live_ops``)."""
 
+DISK_ACTIONS = frozenset(
+    {
+        "ensure_volume", "delete_volume", "resize_volume", "snapshot_volume",
+        "delete_volume_snapshot", "rollback_volume", "attach_volume", "detach_volume",
+        "volume_info", "pool_report",
+    }
+)  # fmt: skip
+"""Cloud disks: volumes of the host's pool and their attachments (``agent.disk_ops``)."""
+
 
 def agent_subject(host_id: str) -> str:
     return f"agent.{host_id}"
 
 
 def command(action: str, **fields: Any) -> dict[str, Any]:
-    if action not in ACTIONS and action not in LIVE_ACTIONS:
+    if action not in ACTIONS and action not in LIVE_ACTIONS and action not in DISK_ACTIONS:
         raise ValueError(f"unknown agent action {action!r}")
     return {"action": action, **fields}
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import manager_of_class
 from altostack.db.database import Database
 from altostack.db.models import Operation
 from altostack.db.models_compute import Host, Image, InstanceType, PlacementGroup, Vm
+from altostack.db.models_storage import Disk
 from altostack.db.repositories import Page, page_of, take_quotas
 from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
@@ -88,6 +89,18 @@ def claim_of(vm: Vm) -> Claim:
     return Claim(
         vm.host_id or "", vm.cluster_id or "", vm.vcpus, vm.memory_mib, vm.root_disk_gib, vm.gpus
     )
+
+
+async def _no_disk_rolling_back(uow: UnitOfWork, vm: Vm) -> None:
+    """A guest must not start on a disk that a snapshot rollback is rewriting."""
+    busy = await uow.session.scalar(
+        select(Disk.id).where(Disk.vm_id == vm.id, Disk.state == "restoring").limit(1)
+    )
+    if busy is not None:
+        raise Conflict(
+            f"cannot start VM {vm.id}: its disk {busy} is being rolled back to a snapshot",
+            extra={"current_state": vm.state, "disk_id": busy},
+        )
 
 
 def _hostname(name: str) -> str:
@@ -444,6 +457,7 @@ class VmService:
         self, uow: UnitOfWork, ctx: RequestContext, vm: Vm, verb: str, args: dict[str, Any]
     ) -> dict[str, Any]:
         if verb == "start":
+            await _no_disk_rolling_back(uow, vm)
             vm.power_state = "running"
         elif verb == "stop":
             vm.power_state = "stopped"

@@ -21,7 +21,9 @@ from altostack.api.compute_schemas import (
 )
 from altostack.api.deps import C, Ctx, Paging, permission
 from altostack.api.schemas import PROBLEMS, ListOf, OperationOut
+from altostack.api.storage_schemas import DiskOut
 from altostack.services.context import RequestContext
+from altostack.services.disks import disk_view
 from altostack.services.operations import operation_view
 from altostack.services.vms import vm_view
 
@@ -238,17 +240,20 @@ async def console(id: str, ctx: Ctx, c: C) -> Console:
 
 @router.get(
     "/v1/recycle-bin",
-    response_model=ListOf[VmOut],
+    response_model=ListOf[VmOut | DiskOut],
     name="recycle-bin.list",
     openapi_extra=permission("recycle-bin:read"),
     responses=PROBLEMS,
 )
 async def recycle_bin(
     ctx: Ctx, c: C, tenant_id: Annotated[str | None, Query(max_length=40)] = None
-) -> ListOf[VmOut]:
-    """Deleted VMs and when they will be purged."""
+) -> ListOf[VmOut | DiskOut]:
+    """Deleted VMs and disks, and when they will be purged."""
     vms = await c.vms.recycle_bin(ctx, tenant_id)
-    return ListOf[VmOut](items=[VmOut.model_validate(vm_view(v)) for v in vms])
+    disks = await c.disks.recycle_bin(ctx, tenant_id)
+    items: list[VmOut | DiskOut] = [VmOut.model_validate(vm_view(v)) for v in vms]
+    items += [DiskOut.model_validate(disk_view(d)) for d in disks]
+    return ListOf[VmOut | DiskOut](items=items)
 
 
 @router.delete(
@@ -260,8 +265,9 @@ async def recycle_bin(
     responses=PROBLEMS,
 )
 async def purge(id: str, ctx: Ctx, c: C) -> OperationOut:
-    """Destroy a deleted VM now (its disk too); this cannot be undone."""
-    return OperationOut.model_validate(operation_view(await c.vms.purge(ctx, id)))
+    """Destroy a deleted VM or disk now (its data too); this cannot be undone."""
+    service = c.disks if id.startswith("disk-") else c.vms
+    return OperationOut.model_validate(operation_view(await service.purge(ctx, id)))
 
 
 @router.post(

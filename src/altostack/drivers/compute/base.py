@@ -528,6 +528,22 @@ class ComputeDriver(abc.ABC):
         """
         raise NotSupported("live_disk_snapshot")
 
+    async def resize_disk(self, vm_id: str, disk_id: str, size_gib: int) -> None:
+        """Tell a running VM that attached data disk ``disk_id`` is now ``size_gib``.
+
+        On QEMU this is ``block_resize``: it grows the image itself (a qcow2 file QEMU holds
+        cannot be grown by anyone else) and the guest sees the new size without a reboot.
+        A stopped VM needs nothing (the size is read at start). ``NotSupported`` where the
+        hypervisor cannot.
+        """
+        raise NotSupported("online_disk_resize")
+
+    async def snapshot_attached_disk(self, vm_id: str, disk_id: str, snapshot_id: str) -> None:
+        """Take an internal (in-image) snapshot of attached data disk ``disk_id`` of a
+        running VM, crash-consistent, through the hypervisor that holds the image (QEMU's
+        ``blockdev-snapshot-internal-sync``). The storage layer records it."""
+        raise NotSupported("live_disk_snapshot")
+
     # -- live migration ----------------------------------------------------------------
 
     async def migration_manifest(self, vm_id: str) -> MigrationManifest:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -1000,6 +1001,26 @@ class QemuComputeDriver(ComputeDriver):
             record.http_ports = []
         save_record(self.paths(record.id).record, record)
 
+    def _link_for(self, paths: VmPaths, disk: DiskSpec) -> Path:
+        return paths.dir / f"data-{disk.id}.{disk.format}"
+
+    def _reachable(self, paths: VmPaths, disk: DiskSpec) -> DiskSpec:
+        """The disk as QEMU opens it: with ``-runas``, a hard link in the VM's directory
+        (which QEMU's user reaches) instead of a path in a storage pool whose directories
+        it must not (a pool keeps other tenants' volumes). Same inode: the pool's snapshots,
+        rollbacks and resizes act on the very file the guest uses. Without privilege
+        dropping, or across filesystems, the path as given. The record keeps the spec as
+        given (``list_disks`` answers what was attached)."""
+        if self.run_as is None:
+            return disk
+        link = self._link_for(paths, disk)
+        try:
+            if not link.exists() and _is_file(disk.path):
+                os.link(disk.path, link)
+        except OSError:
+            return disk
+        return dataclasses.replace(disk, path=str(link)) if link.exists() else disk
+
     async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
         async with self._lock(vm_id):
             observed = await self._require(vm_id)
@@ -1013,6 +1034,7 @@ class QemuComputeDriver(ComputeDriver):
             if not _is_file(disk.path):
                 raise InvalidSpec(f"disk {disk.id}: {disk.path} is not a file on {self.hostname}")
             self._give(Path(disk.path))
+            opened = self._reachable(paths, disk)
             device = disk_ids(disk)[0]
             try:
                 record.slot(device)
@@ -1022,7 +1044,7 @@ class QemuComputeDriver(ComputeDriver):
                 if self._live(observed):
                     async with self._qmp(paths, vm_id) as qmp:
                         self.faults.check("attach_disk", vm_id)
-                        await plug_disk(qmp, disk, record.pci_slots)
+                        await plug_disk(qmp, opened, record.pci_slots)
                 else:
                     self.faults.check("attach_disk", vm_id)
             except BaseException:
@@ -1048,6 +1070,8 @@ class QemuComputeDriver(ComputeDriver):
             record.disks.remove(disk)
             record.release_slot(disk_ids(disk)[0])
             save_record(paths.record, record)
+            with contextlib.suppress(FileNotFoundError):  # our link (see _reachable)
+                os.unlink(self._link_for(paths, disk))
             append_event(paths.events, f"detach {disk.id}")
 
     async def list_disks(self, vm_id: str) -> list[DiskSpec]:
@@ -1091,6 +1115,40 @@ class QemuComputeDriver(ComputeDriver):
             return DiskSnapshot(
                 snapshot_id, vm_id, "root", str(paths.dir / frozen), str(overlay), datetime.now(UTC)
             )
+
+    async def _attached_live(self, vm_id: str, disk_id: str) -> tuple[VmPaths, str] | None:
+        """(paths, QEMU node) of an attached data disk when the VM runs; None when stopped."""
+        observed = await self._require(vm_id)
+        disk = next((d for d in observed.record.disks if d.id == disk_id), None)
+        if disk is None:
+            raise InvalidSpec(f"{vm_id} has no disk {disk_id!r}")
+        if not self._live(observed):
+            return None
+        return self.paths(vm_id), disk_ids(disk)[1]
+
+    async def resize_disk(self, vm_id: str, disk_id: str, size_gib: int) -> None:
+        async with self._lock(vm_id):
+            live = await self._attached_live(vm_id, disk_id)
+            if live is None:
+                return
+            paths, node = live
+            async with self._qmp(paths, vm_id) as qmp:
+                self.faults.check("resize_disk", vm_id)
+                await qmp.execute("block_resize", {"node-name": node, "size": size_gib * GIB})
+            append_event(paths.events, f"resize {disk_id} {size_gib}G")
+
+    async def snapshot_attached_disk(self, vm_id: str, disk_id: str, snapshot_id: str) -> None:
+        async with self._lock(vm_id):
+            live = await self._attached_live(vm_id, disk_id)
+            if live is None:
+                raise InvalidState("stopped", "running", resource_id=vm_id)
+            paths, node = live
+            async with self._qmp(paths, vm_id) as qmp:
+                self.faults.check("snapshot_disk", vm_id)
+                await qmp.execute(
+                    "blockdev-snapshot-internal-sync", {"device": node, "name": snapshot_id}
+                )
+            append_event(paths.events, f"snapshot {disk_id} {snapshot_id}")
 
     @staticmethod
     def _live(observed: _Observed) -> bool:
@@ -1308,7 +1366,7 @@ class QemuComputeDriver(ComputeDriver):
         paths = self.paths(record.id)
         return QemuMachine(
             root_file=paths.dir / record.root_layers[-1],
-            disks=tuple(record.disks),
+            disks=tuple(self._reachable(paths, d) for d in record.disks),
             slots=dict(record.pci_slots),
             incoming=incoming,
             run_as=None if self.run_as is None else self.run_as.name,

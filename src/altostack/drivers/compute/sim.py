@@ -405,6 +405,12 @@ class SimComputeDriver(ComputeDriver):
             await self._work("detach_disk", self.timings.attach_disk, vm_id)
             vm.disks = [d for d in vm.disks if d.id != disk_id]
 
+    async def resize_disk(self, vm_id: str, disk_id: str, size_gib: int) -> None:
+        """The sim guest "sees" the size at once; the storage pool did the growing."""
+        vm = self.hypervisor.require(vm_id)
+        if not any(d.id == disk_id for d in vm.disks):
+            raise InvalidSpec(f"{vm_id} has no disk {disk_id!r}")
+
     async def list_disks(self, vm_id: str) -> list[DiskSpec]:
         return list(self.hypervisor.require(vm_id).disks)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from altostack.drivers.errors import VolumeNotFound
+from altostack.drivers.errors import NotSupported, VolumeNotFound
 
 GIB = 1024**3
 
@@ -275,3 +275,25 @@ class StorageDriver(abc.ABC):
         if info is None:
             raise VolumeNotFound(volume_id)
         return [(0, info.size_gib * GIB)]
+
+
+@dataclass(frozen=True)
+class AttachTarget:
+    """How a hypervisor on this host opens a volume: a path (a file here) and its format."""
+
+    path: str
+    format: Literal["qcow2", "raw"]
+
+
+async def attach_target(driver: StorageDriver, volume_id: str) -> AttachTarget:
+    """Where a compute driver finds ``volume_id`` to attach it, if the backend says.
+
+    Backends tell by defining ``attach_target(volume_id)``; the others cannot be attached
+    (``NotSupported``). A free function, not an abstract method, so backends that do not
+    attach (yet) need no change.
+    """
+    method = getattr(driver, "attach_target", None)
+    if method is None:
+        raise NotSupported("attach", f"{type(driver).__name__} volumes cannot be attached here")
+    target: AttachTarget = await method(volume_id)
+    return target

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +59,7 @@ from altostack.drivers.faults import FaultInjector
 from altostack.drivers.storage import local_upload, qemu_tools
 from altostack.drivers.storage.base import (
     GIB,
+    AttachTarget,
     ImageInfo,
     PoolInfo,
     SnapshotInfo,
@@ -406,6 +407,37 @@ class LocalStorageDriver(StorageDriver):
                 unlink(record_path)
                 raise
             return info
+
+    async def create_snapshot_with(
+        self, volume_id: str, snap_id: str, take: Callable[[], Awaitable[None]]
+    ) -> SnapshotInfo:
+        """Record a snapshot that ``take`` makes in the volume's qcow2 table by other means:
+        the running QEMU holding the volume (``blockdev-snapshot-internal-sync``), since
+        ``qemu-img`` may not write an image QEMU has open. Same record-first rule and
+        idempotency as :meth:`create_snapshot`; the header is read without the lock."""
+        record_path = self.paths.snapshot(snap_id)
+        async with self._lock(f"vol:{volume_id}"):
+            existing = await self._valid_snapshot(snap_id)  # reads with -U: QEMU holds it
+            if existing is not None:
+                if existing.volume_id != volume_id:
+                    raise InvalidSpec(
+                        f"snapshot {snap_id} already exists, of volume {existing.volume_id}"
+                    )
+                return existing
+            vol = self._volume(volume_id)
+            info = SnapshotInfo(snap_id, volume_id, vol.size_gib, datetime.now(UTC))
+            write_json(record_path, _snapshot_json(info))
+            try:
+                self.faults.check("create_snapshot", volume_id)
+                await take()
+            except BaseException:
+                unlink(record_path)
+                raise
+            return info
+
+    async def attach_target(self, volume_id: str) -> AttachTarget:
+        """The volume's qcow2 file, for a hypervisor on this host."""
+        return AttachTarget(str(self._volume(volume_id).path), "qcow2")
 
     async def list_snapshots(self, volume_id: str | None = None) -> list[SnapshotInfo]:
         if volume_id is not None:

@@ -18,6 +18,7 @@ from altostack.drivers.errors import BackendFailure, InvalidSpec, InvalidState
 from altostack.drivers.faults import FaultInjector
 from altostack.drivers.storage.base import (
     GIB,
+    AttachTarget,
     Extent,
     ImageInfo,
     PoolInfo,
@@ -309,6 +310,11 @@ class SimStorageDriver(StorageDriver):
         pinned = BlockStore(self.pool.config.block_size, parent=vol.data.flatten())
         count = vol.size_gib * GIB // self.pool.config.block_size
         return _stream(pinned, count)
+
+    async def attach_target(self, volume_id: str) -> AttachTarget:
+        """A made-up path: the sim hypervisor opens nothing."""
+        self.pool.volume(volume_id)
+        return AttachTarget(f"/sim/volumes/{volume_id}", "raw")
 
     async def allocated_extents(self, volume_id: str) -> list[Extent]:
         """The blocks the volume or its pinned source hold, merged into runs."""
