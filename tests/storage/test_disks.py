@@ -22,6 +22,10 @@ async def test_disk_life_cycle_attach_resize_recycle_bin(client, owner, containe
     assert (disk["state"], disk["size_gib"], disk["storage_class"]) == ("available", 10, "ssd")
     pool = storage_of(container, disk["host_id"])
     assert (await pool.get_volume(disk["id"])).size_gib == 10
+    # Placement weighs load, so three VMs need not cover both hosts: add until they do.
+    while {v["host_id"] == disk["host_id"] for v in vms} != {True, False}:
+        assert len(vms) < 12, "placement never used both hosts"
+        vms.append(await create_vm(client, owner, name=f"vm{len(vms)}"))
     here = next(v for v in vms if v["host_id"] == disk["host_id"])
     elsewhere = next(v for v in vms if v["host_id"] != disk["host_id"])
 
