@@ -18,17 +18,6 @@ from tests.contract.conftest import StorageHarness
 from tests.support.ceph import CephCluster
 
 
-def ceph_config(cluster: CephCluster, namespace: str = "") -> CephConfig:
-    return CephConfig(
-        pool=cluster.pool,
-        conf_path=cluster.conf,
-        client_id=cluster.client_id,
-        keyring=cluster.client_keyring,
-        namespace=namespace,
-        op_timeout=20.0,
-    )
-
-
 class CephStorageHarness(StorageHarness):
     def __init__(self, config: CephConfig) -> None:
         self.config = config
@@ -42,7 +31,7 @@ class CephStorageHarness(StorageHarness):
 
 @asynccontextmanager
 async def ceph_storage_harness(cluster: CephCluster) -> AsyncIterator[CephStorageHarness]:
-    harness = CephStorageHarness(ceph_config(cluster, f"t{secrets.token_hex(6)}"))
+    harness = CephStorageHarness(cluster.driver_config(f"t{secrets.token_hex(6)}"))
     try:
         yield harness
     finally:

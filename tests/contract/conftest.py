@@ -296,7 +296,6 @@ COMPUTE_BACKENDS: dict[str, Factory] = {
 }
 from tests.contract.ceph_storage_harness import ceph_storage_harness  # noqa: E402
 from tests.contract.local_storage_harness import local_storage_harness  # noqa: E402
-from tests.support.ceph import ceph_cluster  # noqa: E402, F401 (the session fixture)
 
 STORAGE_BACKENDS: dict[str, Callable[..., AbstractAsyncContextManager[Any]]] = {
     "sim": lambda: _just(SimStorageHarness()),
@@ -304,12 +303,13 @@ STORAGE_BACKENDS: dict[str, Callable[..., AbstractAsyncContextManager[Any]]] = {
     "local": local_storage_harness,
     "ceph": ceph_storage_harness,
 }
-STORAGE_MARKS: dict[str, pytest.MarkDecorator] = {
-    "local": pytest.mark.real,
-    "ceph": pytest.mark.real,
+STORAGE_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "local": (pytest.mark.real,),
+    "ceph": (pytest.mark.real, pytest.mark.slow),  # a cluster bootstrap (~20 s) per session
 }
 STORAGE_FIXTURES: dict[str, tuple[str, ...]] = {"ceph": ("ceph_cluster",)}
-"""Session fixtures a backend's factory takes (the Ceph cluster starts once per session)."""
+"""Session fixtures a backend's factory takes (tests/conftest.py: the Ceph cluster starts
+once per session, when the first test needing it runs)."""
 NETWORK_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimNetworkHarness()),
     "linux": linux_network_harness,

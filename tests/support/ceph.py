@@ -30,12 +30,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from altostack.drivers.storage.ceph_cluster import CephConfig
 from tests.support.real import free_port, need_real
 
 POOL = "rbd"
@@ -131,6 +132,18 @@ class CephCluster:
     @property
     def client_keyring(self) -> Path:
         return self.dir / f"keyring.client.{self.client_id}"
+
+    def driver_config(self, namespace: str = "", **changes: Any) -> CephConfig:
+        """How the ``ceph`` storage driver reaches this cluster (as the ``alto`` client)."""
+        config = CephConfig(
+            pool=self.pool,
+            conf_path=self.conf,
+            client_id=self.client_id,
+            keyring=self.client_keyring,
+            namespace=namespace,
+            op_timeout=20.0,
+        )
+        return replace(config, **changes)
 
     # -- running tools and daemons ---------------------------------------------------------
 

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from altostack.drivers.errors import (
     BackendFailure,
+    DriverError,
     ImageNotFound,
     InvalidSpec,
     SnapshotNotFound,
@@ -51,6 +52,7 @@ from altostack.drivers.storage.base import (
     GIB,
     Extent,
     ImageInfo,
+    PoolHealth,
     PoolInfo,
     SnapshotInfo,
     StorageCapabilities,
@@ -191,7 +193,11 @@ class CephStorageDriver(StorageDriver):
         capacity = await self._call(
             "ceph df", ceph_cluster.pool_capacity, self._cluster, self.config.pool, timeout
         )
-        allocated, provisioned = await self._call("rbd du", pool.usage)
+        try:
+            allocated, provisioned = await self._call("rbd du", pool.usage)
+        except DriverError as exc:  # OSDs not answering: say so, do not hide the health
+            worse: PoolHealth = "error" if status == "error" else "degraded"
+            return PoolInfo(capacity, 0, 0, worse, f"{detail}; usage unknown: {exc.message}")
         return PoolInfo(capacity, allocated, provisioned, status, detail)
 
     # -- volumes ---------------------------------------------------------------------------
