@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from altostack.drivers.compute.base import DiskSpec
+from altostack.drivers.compute.qemu_cmdline import disk_blockdev_args
 from altostack.drivers.errors import DriverTimeout, InvalidState
 from altostack.drivers.storage.base import GIB, VolumeSpec
 from altostack.drivers.storage.ceph import CephStorageDriver
@@ -87,14 +89,19 @@ async def test_qemu_opens_a_volume_through_librbd(ceph_cluster: CephCluster) -> 
 
         # The -blockdev description: a QEMU process opens it, QMP sees it, and while it is
         # open the volume cannot be deleted (the watcher is QEMU); block_resize grows it.
-        node = {"driver": "raw", "node-name": "vol0", "file": driver.qemu_blockdev(vol_id)}
-        async with _qemu(["-blockdev", json.dumps(node)]) as qmp:
+        # The nodes are those the qemu compute driver makes for a DiskSpec with a protocol.
+        disk = DiskSpec("vol0", "", "raw", protocol=tuple(driver.qemu_blockdev(vol_id).items()))
+        nodes_args = disk_blockdev_args(disk)
+        assert nodes_args[0]["driver"] == "rbd"
+        node = nodes_args[-1]["node-name"]
+        blockdevs = [arg for n in nodes_args for arg in ("-blockdev", json.dumps(n))]
+        async with _qemu(blockdevs) as qmp:
             nodes = await qmp.execute("query-named-block-nodes")
             rbd_nodes = [n for n in nodes if n["drv"] == "rbd"]
             assert len(rbd_nodes) == 1 and rbd_nodes[0]["image"]["virtual-size"] == GIB
             with pytest.raises(InvalidState, match=r"in use|open by"):
                 await driver.delete_volume(vol_id)
-            await qmp.execute("block_resize", {"node-name": "vol0", "size": 2 * GIB})
+            await qmp.execute("block_resize", {"node-name": node, "size": 2 * GIB})
             info_after = await driver.get_volume(vol_id)
             assert info_after is not None and info_after.size_gib == 2
         await driver.delete_volume(vol_id)

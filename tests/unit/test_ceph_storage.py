@@ -7,10 +7,13 @@ tests/integration/test_ceph.py, against a real one.
 from __future__ import annotations
 
 import errno
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from altostack.drivers.compute.base import DiskSpec
+from altostack.drivers.compute.qemu_cmdline import disk_blockdev_args
 from altostack.drivers.errors import (
     BackendFailure,
     DriverTimeout,
@@ -77,3 +80,22 @@ def test_errnos_become_typed_errors(code: int, error: type[Exception]) -> None:
     translated = translate("rbd write", OSError(code, "from librados"))
     assert isinstance(translated, error)
     assert "rbd write" in translated.message and "from librados" in translated.message
+
+
+def test_a_disk_with_a_protocol_node_is_opened_by_qemu_not_as_a_host_file() -> None:
+    protocol = tuple(_driver().qemu_blockdev("disk-1").items())
+    disk = DiskSpec("disk-1", "", "raw", protocol=protocol)
+    file_node, format_node = disk_blockdev_args(disk)
+    assert file_node == {
+        "driver": "rbd",
+        "pool": "vms",
+        "image": "vol.disk-1",
+        "conf": "/etc/ceph/a:b.conf",
+        "user": "alto",
+        "node-name": "disk-disk-1-file",
+        "read-only": False,
+    }
+    assert format_node["driver"] == "raw" and format_node["file"] == "disk-disk-1-file"
+    # as the qemu driver's JSON record gives it back: lists, still equal
+    assert DiskSpec(**{**asdict(disk), "protocol": [list(p) for p in protocol]}) == disk
+    assert disk_blockdev_args(DiskSpec("d", "/v/d.qcow2"))[0]["driver"] == "file"
