@@ -368,8 +368,13 @@ def ceph_cluster() -> Iterator[CephCluster]:
         yield cluster
 
 
-if __name__ == "__main__":  # a cluster for development: runs until interrupted
-    with ceph_cluster_running() as running:
+if __name__ == "__main__":  # a cluster for development: runs until SIGINT/SIGTERM
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a handler, not a mask: daemons inherit masks
+    with contextlib.suppress(KeyboardInterrupt), ceph_cluster_running() as running:
         print(f"ALTO_TEST_CEPH_DIR={running.dir}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            signal.pause()
