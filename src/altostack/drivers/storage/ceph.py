@@ -488,9 +488,12 @@ def _then(step: Callable[..., None], commit: Callable[[], None]) -> Callable[...
 
 
 def _clone_volume(pool: RbdPool, source_id: str, hidden: str, tmp: str) -> None:
+    """Clone the source as of now: a hidden snapshot left by a failed earlier attempt for
+    the same new volume holds older data, so it is replaced, never reused."""
     with pool.open(vol_name(source_id)) as image:
-        if hidden not in {s["name"] for s in image.list_snaps()}:
-            image.create_snap(hidden, SNAP_FLAGS)
+        if hidden in {s["name"] for s in image.list_snaps()}:
+            image.remove_snap(hidden)
+        image.create_snap(hidden, SNAP_FLAGS)
     pool.clone(vol_name(source_id), hidden, tmp)
 
 
