@@ -243,20 +243,30 @@ class RbdPool:
                 image.remove_snap(snap)
 
     def collect_trash(self) -> None:
-        """Remove trashed images nothing depends on any more (clone v2 parents)."""
-        for entry in list(self.rbd.trash_list(self.ioctx)):
-            with contextlib.suppress(Exception):
-                with rbd.Image(self.ioctx, image_id=entry["id"]) as image:
-                    for snap in list(image.list_snaps()):
-                        if not _user_namespace(snap) or _has_children(image, snap["name"]):
-                            continue
-                        with contextlib.suppress(Exception):
-                            if image.is_protected_snap(snap["name"]):
-                                image.unprotect_snap(snap["name"])
-                            image.remove_snap(snap["name"])
-                    if list(image.list_snaps()):
-                        continue  # a clone still reads through it
-                self.rbd.trash_remove(self.ioctx, entry["id"], force=True)
+        """Remove trashed images nothing depends on any more (clone v2 parents).
+
+        Repeated while a pass removes something: removing a trashed volume can free the
+        trashed image it was cloned from.
+        """
+        while any([self._collect(entry["id"]) for entry in list(self.rbd.trash_list(self.ioctx))]):
+            pass
+
+    def _collect(self, image_id: str) -> bool:
+        """Remove one trashed image if no clone reads through it; whether it was removed."""
+        try:
+            with rbd.Image(self.ioctx, image_id=image_id) as image:
+                for snap in list(image.list_snaps()):
+                    if not _user_namespace(snap) or _has_children(image, snap["name"]):
+                        continue
+                    if image.is_protected_snap(snap["name"]):
+                        image.unprotect_snap(snap["name"])
+                    image.remove_snap(snap["name"])
+                if list(image.list_snaps()):
+                    return False  # a clone still reads through it
+            self.rbd.trash_remove(self.ioctx, image_id, force=True)
+        except Exception:  # collected by a later delete
+            return False
+        return True
 
     def grow(self, volume_id: str, size_gib: int, check: Callable[[], None]) -> None:
         with self.open(vol_name(volume_id)) as image:
