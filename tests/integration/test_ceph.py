@@ -223,3 +223,26 @@ async def test_with_two_osds_down_io_fails_in_time_instead_of_hanging(
             ceph_cluster.start_osd(1)
             ceph_cluster.start_osd(2)
         await asyncio.to_thread(ceph_cluster.wait_healthy, 90)
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "vmdk"])
+async def test_qcow2_and_vmdk_images_are_stored_raw_and_cloned(
+    ceph_cluster: CephCluster, fmt: str, tmp_path: Path
+) -> None:
+    _need_qemu_rbd()
+    image = tmp_path / f"disk.{fmt}"
+    _run(["qemu-img", "create", "-q", "-f", fmt, str(image), "64M"])
+    _run(["qemu-io", "-f", fmt, "-c", "write -P 0x3c 3M 64k", str(image)])
+    data = image.read_bytes()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1 << 16):
+            yield data[start : start + (1 << 16)]
+
+    async with _driver(ceph_cluster) as driver:
+        info = await driver.import_image("img-1", chunks(), expected_sha256=_sha(data))
+        assert (info.format, info.virtual_size_bytes, info.size_bytes) == (fmt, 64 * MIB, len(data))
+        vol = await driver.ensure_volume(VolumeSpec("disk-1", 1, ("image", "img-1")))
+        assert vol.backing is not None and vol.backing.endswith("img.img-1@base")
+        assert await driver.read("disk-1", 3 * MIB, 64 * 1024) == b"\x3c" * 64 * 1024
+        assert await driver.read("disk-1", 0, 4096) == bytes(4096)
