@@ -246,3 +246,37 @@ async def test_qcow2_and_vmdk_images_are_stored_raw_and_cloned(
         assert vol.backing is not None and vol.backing.endswith("img.img-1@base")
         assert await driver.read("disk-1", 3 * MIB, 64 * 1024) == b"\x3c" * 64 * 1024
         assert await driver.read("disk-1", 0, 4096) == bytes(4096)
+
+
+async def test_twenty_parallel_snapshots_and_clones_leave_a_consistent_chain(
+    ceph_cluster: CephCluster,
+) -> None:
+    async with _driver(ceph_cluster) as driver:
+        source = "disk-src"
+        await driver.ensure_volume(VolumeSpec(source, 1))
+        data = os.urandom(64 * 1024)
+        await driver.write(source, 0, data)
+        snaps = [f"snap-{n}" for n in range(10)]
+        clones = [f"disk-c{n}" for n in range(10)]
+        await asyncio.gather(
+            *(driver.create_snapshot(source, s) for s in snaps),
+            *(driver.ensure_volume(VolumeSpec(c, 1, ("volume", source))) for c in clones),
+        )
+        assert [s.id for s in await driver.list_snapshots(source)] == sorted(snaps)
+        where = driver.config.pool + "/" + driver.config.namespace
+        for clone in clones:  # each clone rests on its own hidden snapshot of the source
+            info = await driver.get_volume(clone)
+            assert info is not None and info.backing == f"{where}/vol.{source}@.clone.{clone}"
+            assert _sha(await driver.read(clone, 0, len(data))) == _sha(data)
+        from_snaps = [f"disk-f{n}" for n in range(3)]  # every snapshot: the contract suite
+        await asyncio.gather(
+            *(
+                driver.ensure_volume(VolumeSpec(f, 1, ("snapshot", s)))
+                for f, s in zip(from_snaps, snaps[:3], strict=True)
+            )
+        )
+        await driver.delete_volume(source, force=True)  # parent goes first: trashed, not lost
+        for vol_id in clones + from_snaps:
+            assert _sha(await driver.read(vol_id, 0, len(data))) == _sha(data)
+        # (freeing the trashed source once its clones go: the contract suite's
+        # test_deleting_everything_in_any_order_frees_everything)
