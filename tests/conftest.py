@@ -19,6 +19,7 @@ from altostack.bootstrap import Container, build
 from altostack.db.database import Database
 from altostack.db.migrate import upgrade
 from altostack.settings import Settings
+from tests.support.ceph import ceph_cluster  # noqa: F401 (session fixture: one Ceph cluster)
 from tests.support.real import PostgresServer, start_postgres
 
 ADMIN_PASSWORD = "Admin-Pass-1"

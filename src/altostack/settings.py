@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,6 +25,25 @@ from pydantic_settings import (
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "altostack"
+
+
+class CephSettings(BaseModel):
+    """How this host reaches its cluster's Ceph RBD pool (the ``ceph`` storage backend).
+
+    Per-cluster host configuration, set on each host of the cluster (TOML ``[ceph]`` or
+    ``ALTO_CEPH='{"pool": ...}'``); never part of an API response. The fields are those of
+    ``drivers.storage.ceph_cluster.CephConfig``: ``CephConfig(**settings.ceph.model_dump())``.
+    """
+
+    pool: str = "rbd"
+    conf_path: Path = Path("/etc/ceph/ceph.conf")
+    client_id: str = Field("admin", description="cephx user without 'client.'")
+    keyring: Path | None = Field(None, description="default: what the conf file names")
+    namespace: str = Field("", description="RBD namespace in the pool ('' = default)")
+    op_timeout: float = Field(
+        30.0, gt=0, description="Seconds an OSD/monitor operation may take before failing"
+    )
+    work_dir: Path | None = Field(None, description="Where uploads are spooled (temp dir)")
 
 
 class Settings(BaseSettings):
@@ -125,6 +144,9 @@ class Settings(BaseSettings):
     console_idle_seconds: float = Field(
         1800.0, gt=0, description="A console with no traffic either way is closed after this"
     )
+    ceph: CephSettings = Field(
+        default_factory=CephSettings, description="The Ceph RBD pool of this host's cluster"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_seconds: float = Field(20.0, ge=0)
@@ -174,6 +196,8 @@ class Settings(BaseSettings):
                 out[name] = "********" if value.get_secret_value() else None
             elif isinstance(value, Path):
                 out[name] = str(value)
+            elif isinstance(value, BaseModel):
+                out[name] = value.model_dump(mode="json")
             elif isinstance(value, str):
                 out[name] = mask_url(value)  # db, bus (nats://user:password@...), ...
             else:

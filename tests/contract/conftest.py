@@ -312,14 +312,22 @@ COMPUTE_BACKENDS: dict[str, Factory] = {
     "sim-minimal": lambda: _just(SimComputeHarness(ComputeCapabilities())),
     "qemu": qemu_compute_harness,
 }
+from tests.contract.ceph_storage_harness import ceph_storage_harness  # noqa: E402
 from tests.contract.local_storage_harness import local_storage_harness  # noqa: E402
 
-STORAGE_BACKENDS: dict[str, Factory] = {
+STORAGE_BACKENDS: dict[str, Callable[..., AbstractAsyncContextManager[Any]]] = {
     "sim": lambda: _just(SimStorageHarness()),
     "sim-minimal": lambda: _just(SimStorageHarness(StorageCapabilities())),
     "local": local_storage_harness,
+    "ceph": ceph_storage_harness,
 }
-STORAGE_MARKS: dict[str, pytest.MarkDecorator] = {"local": pytest.mark.real}
+STORAGE_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "local": (pytest.mark.real,),
+    "ceph": (pytest.mark.real, pytest.mark.slow),  # a cluster bootstrap (~20 s) per session
+}
+STORAGE_FIXTURES: dict[str, tuple[str, ...]] = {"ceph": ("ceph_cluster",)}
+"""Session fixtures a backend's factory takes (tests/conftest.py: the Ceph cluster starts
+once per session, when the first test needing it runs)."""
 NETWORK_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimNetworkHarness()),
     "linux": linux_network_harness,
@@ -336,7 +344,8 @@ async def compute(request: pytest.FixtureRequest) -> AsyncIterator[ComputeHarnes
     params=[pytest.param(name, marks=STORAGE_MARKS.get(name, ())) for name in STORAGE_BACKENDS]
 )
 async def storage(request: pytest.FixtureRequest) -> AsyncIterator[StorageHarness]:
-    async with STORAGE_BACKENDS[request.param]() as harness:
+    needs = [request.getfixturevalue(name) for name in STORAGE_FIXTURES.get(request.param, ())]
+    async with STORAGE_BACKENDS[request.param](*needs) as harness:
         yield harness
 
 

@@ -427,3 +427,39 @@ async def test_export_streams_the_whole_volume_as_of_the_call(storage: StorageHa
         size = end
     assert size == GIB
     assert [_sha(bytes(found[offset])) for offset in OFFSETS] == _expected(written)
+
+
+async def test_a_clone_retried_after_a_failure_copies_the_source_as_of_the_retry(
+    storage: StorageHarness,
+) -> None:
+    source = await _volume(storage)
+    await _fill(storage, source, b"first")
+    spec = VolumeSpec(new_id("disk"), 1, ("volume", source))
+    storage.faults.inject("create_volume", resource_id=spec.id)
+    with pytest.raises(BackendFailure, match="injected"):
+        await storage.driver.ensure_volume(spec)
+    second = await _fill(storage, source, b"second")
+    await storage.driver.ensure_volume(spec)
+    assert await _checksums(storage, spec.id, OFFSETS) == _expected(second)
+
+
+async def test_deleting_everything_in_any_order_frees_everything(storage: StorageHarness) -> None:
+    """Parents deleted before their clones (hidden until unused) are freed with the last."""
+    data = os.urandom(MIB)
+    image_id = new_id("img")
+    await storage.driver.import_image(image_id, _stream(data))
+    root = await _volume(storage, source=("image", image_id))
+    written = await _fill(storage, root, b"root")
+    snap = await storage.driver.create_snapshot(root, new_id("snap"))
+    from_snap = await _volume(storage, source=("snapshot", snap.id))
+    clone = await _volume(storage, source=("volume", root))
+    await storage.driver.delete_image(image_id)
+    await storage.driver.delete_volume(root, force=True)
+    assert await _checksums(storage, from_snap, OFFSETS) == _expected(written)
+    assert await _checksums(storage, clone, OFFSETS) == _expected(written)
+    for vol_id in (clone, from_snap):
+        await storage.driver.delete_volume(vol_id)
+    assert await storage.driver.list_volumes() == []
+    assert await storage.driver.list_snapshots() == []
+    assert await storage.driver.list_images() == []
+    assert (await storage.driver.pool_info()).allocated_bytes == 0

@@ -49,7 +49,9 @@ async def test_disks_and_snapshots_over_the_bus(
     await h1.ensure_vm(VmSpec("vm-1", "a", 1, 1, 128, 1, "img-1"))
     disk = {"id": "disk-1", "path": "/volumes/disk-1.qcow2"}
     answer = await _ask(bus, "h1", "attach_disk", vm_id="vm-1", disk=disk)
-    assert answer["ok"] and answer["disks"] == [{**disk, "format": "qcow2", "read_only": False}]
+    assert answer["ok"] and answer["disks"] == [
+        {**disk, "format": "qcow2", "read_only": False, "protocol": ()}
+    ]
     answer = await _ask(bus, "h1", "snapshot_disk", vm_id="vm-1", snapshot_id="s1")
     assert answer["ok"] and answer["snapshot"]["active"] == "root-s1.qcow2"
     answer = await _ask(bus, "h1", "snapshot_disk", vm_id="vm-1", snapshot_id="s1")

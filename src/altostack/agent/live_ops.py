@@ -30,6 +30,7 @@ def _disk(d: dict[str, Any]) -> DiskSpec:
         path=str(d["path"]),
         format=d.get("format", "qcow2"),
         read_only=bool(d.get("read_only", False)),
+        protocol=tuple(tuple(pair) for pair in d.get("protocol") or ()),  # e.g. an rbd node
     )
 
 

@@ -78,6 +78,14 @@ class DiskSpec:
     path: str
     format: DiskFormat = "qcow2"
     read_only: bool = False
+    protocol: tuple[tuple[str, str], ...] = ()
+    """Instead of the host file ``path``: the storage backend's QEMU protocol node as
+    (key, value) pairs, e.g. ``CephStorageDriver.qemu_blockdev`` (driver rbd, pool, image,
+    conf, user) with ``format="raw"``. Empty for a host file."""
+
+    def __post_init__(self) -> None:
+        # pairs come back as lists from a JSON record; keep the spec hashable and comparable
+        object.__setattr__(self, "protocol", tuple((str(k), str(v)) for k, v in self.protocol))
 
 
 @dataclass(frozen=True)

@@ -1031,10 +1031,14 @@ class QemuComputeDriver(ComputeDriver):
                     if attached == disk:
                         return
                     raise InvalidSpec(f"{vm_id} already has another disk {disk.id!r}")
-            if not _is_file(disk.path):
-                raise InvalidSpec(f"disk {disk.id}: {disk.path} is not a file on {self.hostname}")
-            self._give(Path(disk.path))
-            opened = self._reachable(paths, disk)
+            opened = disk
+            if not disk.protocol:  # a host file (else QEMU opens it itself, e.g. rbd)
+                if not _is_file(disk.path):
+                    raise InvalidSpec(
+                        f"disk {disk.id}: {disk.path} is not a file on {self.hostname}"
+                    )
+                self._give(Path(disk.path))
+                opened = self._reachable(paths, disk)
             device = disk_ids(disk)[0]
             try:
                 record.slot(device)

@@ -275,9 +275,9 @@ def nic_device_args(nic: NicSpec, slots: Mapping[str, int]) -> dict[str, Any]:
 def disk_blockdev_args(disk: DiskSpec) -> list[dict[str, Any]]:
     """The disk's file and format nodes, as QMP ``blockdev-add`` arguments (in order)."""
     _, node, file_node = disk_ids(disk)
+    source = dict(disk.protocol) or {"driver": "file", "filename": disk.path}
     return [
-        {"driver": "file", "node-name": file_node, "filename": disk.path,
-         "read-only": disk.read_only},
+        {**source, "node-name": file_node, "read-only": disk.read_only},
         {"driver": disk.format, "node-name": node, "file": file_node,
          "read-only": disk.read_only},
     ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Storage drivers: the interface (``base``), the in-memory ``sim``, ``local`` qcow2 files."""
+"""Storage drivers: the interface (``base``), the in-memory ``sim``, ``local`` qcow2 files,
+``ceph`` RBD images."""
 
 from altostack.drivers.storage.base import (
     ImageInfo,

@@ -1,6 +1,6 @@
 """The storage driver interface: volumes, snapshots and images in one pool.
 
-Backends: ``sim``, ``local`` (qcow2 files, docs/storage.md); ``ceph`` (RBD) next. All pass
+Backends: ``sim``, ``local`` (qcow2 files) and ``ceph`` (RBD), docs/storage.md. All pass
 ``tests/contract/test_storage_contract.py``, which checks *data*, not status codes: it
 writes bytes through :meth:`StorageDriver.write`, snapshots, overwrites, rolls back and
 compares checksums of what :meth:`StorageDriver.read` returns.
