@@ -39,7 +39,7 @@ from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
 from altostack.drivers.storage.base import StorageDriver
-from altostack.drivers.storage.local import LocalStorageDriver
+from altostack.drivers.storage.hosts import host_storage
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 from altostack.services.context import SYSTEM, RequestContext
@@ -232,32 +232,40 @@ def qemu_driver(c: Container) -> QemuComputeDriver:
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:
     """This machine as the cloud's one host, and the test guest as the default image."""
     driver = qemu_driver(c)
-    # Data disks: qcow2 files of a ``local`` pool beside the VMs, mapped to the usual classes.
-    storage = LocalStorageDriver(c.settings.data_dir / "qemu" / "pool")
+    # Data disks: qcow2 files of a ``local`` pool beside the VMs (or the cluster's Ceph
+    # pool), mapped to the usual classes.
+    settings = c.settings
+    storage = host_storage(
+        settings.storage_backend, settings.data_dir / "qemu" / "pool", settings.ceph.model_dump()
+    )
     agent = await _start_agent(c, await _join_token(c, cluster), driver, storage)
-    await ensure_local_pool(c, cluster)
+    await ensure_default_pool(c, cluster, c.settings.storage_backend)
     c.placement.invalidate()
     log.info("local QEMU host started", hostname=driver.hostname, accel=driver.accel)
     await ensure_default_image(c)
     return agent
 
 
-async def ensure_local_pool(c: Container, cluster: Cluster) -> None:
-    """A ``local`` storage pool serving ``standard`` and ``ssd`` to the cluster, once."""
+async def ensure_default_pool(c: Container, cluster: Cluster, backend: str) -> None:
+    """A storage pool of ``backend`` serving ``standard`` and ``ssd`` to the cluster, once."""
+    described = {
+        "local": "qcow2 files on each host (made by the all-in-one)",
+        "ceph": "the cluster's Ceph RBD pool, 3 replicas (made by the all-in-one)",
+    }
     async with c.db.uow() as uow:
         if await uow.session.scalar(select(func.count()).select_from(StoragePool)):
             return
         uow.session.add(
             StoragePool(
                 id=new_id("pool"),
-                name="local",
-                backend="local",
-                shared=False,
+                name=backend,
+                backend=backend,
+                shared=backend == "ceph",
                 storage_classes=["standard", "ssd"],
                 cluster_ids=[cluster.id],
                 allocation_ratio=1.0,
                 provisioned_gib=0,
-                description="qcow2 files on each host (made by the all-in-one)",
+                description=described.get(backend, backend),
             )
         )
         await uow.commit()

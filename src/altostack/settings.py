@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     console_idle_seconds: float = Field(
         1800.0, gt=0, description="A console with no traffic either way is closed after this"
     )
+    storage_backend: Literal["local", "ceph"] = Field(
+        "local",
+        description="Where QEMU hosts keep cloud disks: local qcow2 files, or the Ceph RBD "
+        "pool of [ceph] (shared by the cluster's hosts)",
+    )
     ceph: CephSettings = Field(
         default_factory=CephSettings, description="The Ceph RBD pool of this host's cluster"
     )

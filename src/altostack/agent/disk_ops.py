@@ -206,7 +206,9 @@ class DiskOps:
     async def attach(self, d: dict[str, Any]) -> dict[str, Any]:
         volume_id, vm_id = str(d["volume_id"]), str(d["vm_id"])
         target = await attach_target(self._pool(), volume_id)
-        await self.compute.attach_disk(vm_id, DiskSpec(volume_id, target.path, target.format))
+        await self.compute.attach_disk(
+            vm_id, DiskSpec(volume_id, target.path, target.format, protocol=target.protocol)
+        )
         return {"attached": True, "generation": d.get("generation")}
 
     async def detach(self, d: dict[str, Any]) -> dict[str, Any]:

@@ -91,9 +91,13 @@ def build_storage(options: AgentOptions, driver: ComputeDriver) -> StorageDriver
     (a ``local`` storage pool); the sim keeps its root-disk pool."""
     if options.driver != "qemu":
         return None
-    from altostack.drivers.storage.local import LocalStorageDriver
+    from altostack.drivers.storage.hosts import host_storage
+    from altostack.settings import Settings
 
-    return LocalStorageDriver((options.state_dir or default_state_dir()) / "pool")
+    # ALTO_STORAGE_BACKEND=ceph and ALTO_CEPH='{...}' choose the cluster's Ceph pool.
+    settings = Settings()
+    local_dir = (options.state_dir or default_state_dir()) / "pool"
+    return host_storage(settings.storage_backend, local_dir, settings.ceph.model_dump())
 
 
 async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, str]:

@@ -279,10 +279,13 @@ class StorageDriver(abc.ABC):
 
 @dataclass(frozen=True)
 class AttachTarget:
-    """How a hypervisor on this host opens a volume: a path (a file here) and its format."""
+    """How a hypervisor on this host opens a volume: a path (a file here) and its format,
+    or, for network storage, the QEMU protocol node (``protocol``, e.g. ``driver=rbd``)
+    with ``path`` as a readable name."""
 
     path: str
     format: Literal["qcow2", "raw"]
+    protocol: tuple[tuple[str, str], ...] = ()
 
 
 async def attach_target(driver: StorageDriver, volume_id: str) -> AttachTarget:

@@ -50,6 +50,7 @@ from altostack.drivers.faults import FaultInjector
 from altostack.drivers.storage import ceph_cluster, local_upload, qemu_tools
 from altostack.drivers.storage.base import (
     GIB,
+    AttachTarget,
     Extent,
     ImageInfo,
     PoolHealth,
@@ -161,6 +162,17 @@ class CephStorageDriver(StorageDriver):
         if node_name is not None:
             node["node-name"] = node_name
         return node
+
+    async def attach_target(self, volume_id: str) -> AttachTarget:
+        """The volume as QEMU opens it through librbd (no host file, no disk copy)."""
+        if await self.get_volume(volume_id) is None:
+            raise VolumeNotFound(volume_id)
+        node = self.qemu_blockdev(volume_id)
+        return AttachTarget(
+            self.qemu_filename(volume_id),
+            "raw",
+            protocol=tuple((k, str(v)) for k, v in node.items()),
+        )
 
     def qemu_filename(self, volume_id: str) -> str:
         """The same as an ``rbd:`` file name (``qemu-img``, ``-drive file=``)."""
