@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import pytest
 from altostack.api.app import create_app
 from altostack.bootstrap import build
 from altostack.drivers.compute.qemu import QemuComputeDriver
+from altostack.drivers.storage.ceph import CephStorageDriver
 from altostack.drivers.storage.local import LocalStorageDriver
 from tests.conftest import ADMIN_PASSWORD, login, make_settings
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
@@ -63,12 +66,22 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-async def cloud(db_url: str, root: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+@pytest.fixture(params=["local", "ceph"])
+async def cloud(
+    request: pytest.FixtureRequest, db_url: str, root: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     image = guest_image()
+    backend: dict[str, Any] = {}
+    if request.param == "ceph":
+        cluster = request.getfixturevalue("ceph_cluster")
+        request.node.ceph_cluster = cluster
+        config = cluster.driver_config(f"e2e{secrets.token_hex(4)}")
+        # QEMU reads the cluster's conf and keyring itself: here they are root's files.
+        backend = {"storage_backend": "ceph", "ceph": asdict(config), "qemu_run_as": ""}
     settings = make_settings(
         db_url, root, data_dir=root / "data", driver="qemu", seed=True,
         default_image=image, agent_timeout_seconds=30.0, heartbeat_interval_seconds=1.0,
+        **backend,
     )  # fmt: skip
     c = build(settings, migrate=False)
     try:
@@ -114,12 +127,17 @@ async def _until(check: Any, what: str, timeout: float = 60.0) -> Any:
         await asyncio.sleep(0.5)
 
 
-async def test_disk_on_a_real_guest_attach_snapshot_resize_rollback_delete(cloud) -> None:
+async def test_disk_on_a_real_guest_attach_snapshot_resize_rollback_delete(
+    cloud, request: pytest.FixtureRequest
+) -> None:
     client, c = cloud
     agent = c.agents[0]
     driver = agent.compute
     pool = agent.disks.storage
-    assert isinstance(driver, QemuComputeDriver) and isinstance(pool, LocalStorageDriver)
+    assert isinstance(driver, QemuComputeDriver)
+    assert isinstance(pool, LocalStorageDriver | CephStorageDriver)
+    pools = (await client.get("/v1/storage-pools")).json()["items"]
+    assert [p["backend"] for p in pools] == [c.settings.storage_backend]
 
     image = (await client.get("/v1/images?name=alto-test")).json()["items"][0]
     body = {"name": "g", "instance_type": "c1.small", "image_id": image["id"],
@@ -132,8 +150,11 @@ async def test_disk_on_a_real_guest_attach_snapshot_resize_rollback_delete(cloud
     r = await client.post("/v1/disks", json={"name": "data", "size_gib": 1})
     await _op(client, r)
     disk_id = r.json()["disk"]["id"]
-    volume = pool.paths.volume(disk_id)
-    assert volume.is_file()
+
+    async def stored() -> bool:
+        return await pool.get_volume(disk_id) is not None
+
+    assert await stored()
 
     async def ready() -> bool:
         return READY_MARK in driver.console_output(vm_id)
@@ -187,9 +208,32 @@ async def test_disk_on_a_real_guest_attach_snapshot_resize_rollback_delete(cloud
     assert await driver.list_disks(vm_id) == []
     used = (await pool.pool_info()).allocated_bytes
     await _op(client, await client.delete(f"/v1/disks/{disk_id}"))
-    assert volume.is_file()  # in the recycle bin, data kept
+    assert await stored()  # in the recycle bin, data kept
     r = await client.delete(f"/v1/recycle-bin/{disk_id}")
     assert r.status_code == 202
     await _op(client, httpx.Response(202, json={"operation": r.json()}))
-    assert not volume.exists()
+    assert not await stored()
     assert (await pool.pool_info()).allocated_bytes < used  # space freed
+
+    cluster = getattr(request.node, "ceph_cluster", None)
+    if cluster is not None and cluster.procs:  # a reused cluster is not ours to break
+        await _degraded_pool_is_reported(client, cluster)
+
+
+async def _degraded_pool_is_reported(client: httpx.AsyncClient, cluster: Any) -> None:
+    """An OSD down: the admin API shows the pool degraded in Ceph's words, then ok again."""
+    (pool,) = (await client.get("/v1/storage-pools")).json()["items"]
+
+    async def health(wanted: str) -> dict[str, Any] | None:
+        got = (await client.get(f"/v1/storage-pools/{pool['id']}")).json()
+        return got if got["health"] == wanted else None
+
+    await _until(lambda: health("ok"), "the pool reported healthy", 30)
+    cluster.kill_osd(1)
+    try:
+        seen = await _until(lambda: health("degraded"), "the pool reported degraded", 45)
+        assert "OSD_DOWN" in seen["health_detail"], seen
+    finally:
+        cluster.start_osd(1)
+    await _until(lambda: health("ok"), "the pool healthy again", 90)
+    await asyncio.to_thread(cluster.wait_healthy, 60)
