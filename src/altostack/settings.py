@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         "machine), sim (sim_hosts simulated ones), auto (qemu when qemu-system is installed)",
     )
     sim_hosts: int = Field(1, ge=0, le=10000)
+    public_pool_cidr: str = Field(
+        "203.0.113.0/24",
+        description="The all-in-one's public IP pool, created on first start ('' for none)",
+    )
     qemu_run_as: str = Field(
         "auto",
         description="User QEMU drops to (-runas): auto = a dedicated alto-qemu user where "

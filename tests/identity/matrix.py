@@ -14,7 +14,7 @@ SELF_SERVICE = {
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 # Platform inventory and catalogues: not any tenant's, so not part of tenant isolation.
-PLATFORM_COLLECTIONS = {"regions", "clusters", "hosts", "instance-types"}
+PLATFORM_COLLECTIONS = {"regions", "clusters", "hosts", "instance-types", "ip-pools"}
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

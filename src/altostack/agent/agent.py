@@ -23,10 +23,12 @@ from altostack.agent.codec import (
 )
 from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
+from altostack.agent.network_ops import NetworkOps
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
 from altostack.drivers.errors import BackendFailure, DriverError
+from altostack.drivers.network.base import NetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,7 @@ class Agent:
         *,
         heartbeat_interval: float = 5.0,
         storage: StorageDriver | None = None,
+        network: NetworkDriver | None = None,
     ) -> None:
         self.host_id = host_id
         self.bus = bus
@@ -58,6 +61,7 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._cores = 1
+        self.network = NetworkOps(network) if network is not None else None
 
     async def start(self) -> None:
         info = await self.compute.host_info()
@@ -197,4 +201,5 @@ class Agent:
             "export_disk": self.exports.begin,
             "read_export": self.exports.read,
             "end_export": self.exports.end,
+            **(self.network.handlers() if self.network is not None else {}),
         }

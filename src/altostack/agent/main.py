@@ -86,6 +86,9 @@ async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, s
     report["hostname"] = options.hostname
     report["join_token"] = options.token
     report["capabilities"] = dataclasses.asdict(driver.capabilities)
+    if os.environ.get("ALTO_UNDERLAY_IP"):  # docs/network.md: the host's VXLAN address
+        report["underlay_ip"] = os.environ["ALTO_UNDERLAY_IP"]
+    report["network_host"] = os.environ.get("ALTO_NETWORK_HOST", "") in ("1", "true", "yes")
     url = options.join_url.rstrip("/") + "/v1/hosts/register"
     delay = 0.5
     async with httpx.AsyncClient(timeout=10.0) as client:

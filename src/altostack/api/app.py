@@ -21,6 +21,7 @@ from altostack.api.routers import (
     health,
     infra,
     network,
+    network_edge,
     operations,
     quotas,
     roles,
@@ -48,6 +49,7 @@ ROUTERS = [
     vms.router,
     console.router,
     network.router,
+    network_edge.router,
     vm_host.router,
     events.router,
 ]
