@@ -17,6 +17,7 @@ from altostack.cli.commands import (
     config,
     events,
     network,
+    network_edge,
     ops,
     quotas,
     roles,
@@ -104,6 +105,10 @@ app.add_typer(compute_vms.recycle_bin, name="recycle-bin")
 app.add_typer(network.vpcs, name="vpc")
 app.add_typer(network.subnets, name="subnet")
 app.add_typer(network.groups, name="sg")
+app.add_typer(network_edge.nics, name="nic")
+app.add_typer(network_edge.eips, name="eip")
+app.add_typer(network_edge.pools, name="ip-pool")
+app.add_typer(network_edge.natgws, name="natgw")
 
 
 def main() -> None:
