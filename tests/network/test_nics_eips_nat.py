@@ -276,10 +276,10 @@ async def test_quotas_isolation_and_address_races(client, owner, admin, containe
     _vpc, subnet = await _network(client, owner, cidr="10.0.2.0/28")
     # IPAM under concurrency through the API: VMs of one /28 never share an address.
     created = await asyncio.gather(*(
-        create_vm(client, owner, f"r{i}", wait=False, subnet_id=subnet["id"]) for i in range(8)
+        create_vm(client, owner, f"r{i}", subnet_id=subnet["id"]) for i in range(6)
     ))  # fmt: skip
     ips = [vm["private_ip"] for vm in created]
-    assert len(set(ips)) == 8 and all(ip.startswith("10.0.2.") for ip in ips)
+    assert len(set(ips)) == 6 and all(ip.startswith("10.0.2.") for ip in ips)
     # Quotas: elastic NICs.
     me = (await client.get("/v1/quotas", headers=owner)).json()
     await client.put(f"/v1/quotas/{me['tenant_id']}", json={"nics": 1}, headers=admin)
@@ -297,20 +297,20 @@ async def test_quotas_isolation_and_address_races(client, owner, admin, containe
     assert (await client.get("/v1/nics", headers=stranger)).json()["items"] == []
     # Elastic IPs: a tiny pool, two tenants racing; no address is ever handed out twice.
     r = await client.post(
-        "/v1/ip-pools", json={"name": "tiny", "cidr": "198.51.100.0/28"}, headers=admin
+        "/v1/ip-pools", json={"name": "tiny", "cidr": "198.51.100.0/29"}, headers=admin
     )
     assert r.status_code == 201, r.text
     pool = r.json()
-    assert (pool["range_start"], pool["range_end"]) == ("198.51.100.2", "198.51.100.14")
+    assert (pool["range_start"], pool["range_end"]) == ("198.51.100.2", "198.51.100.6")
     assert (
         await client.post("/v1/ip-pools", json={"name": "x", "cidr": "10.0.0.0/8"}, headers=owner)
     ).status_code == 403
     answers = await asyncio.gather(*(
         client.post("/v1/eips", json={"pool_id": pool["id"]}, headers=h)
-        for h in (owner, stranger) for _ in range(9)
+        for h in (owner, stranger) for _ in range(4)
     ))  # fmt: skip
     won = [a.json()["eip"]["address"] for a in answers if a.status_code == 202]
-    assert len(won) == len(set(won)) == 13
+    assert len(won) == len(set(won)) == 5
     assert sorted({a.status_code for a in answers}) == [202, 409]
     assert (await client.delete(f"/v1/ip-pools/{pool['id']}", headers=admin)).status_code == 409
     theirs = next(
