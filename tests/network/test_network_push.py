@@ -88,8 +88,8 @@ async def _late_host(container, name: str, underlay: str):
 async def test_a_host_joining_later_becomes_every_hosts_peer(
     client, owner, admin, container
 ) -> None:
-    _vpc, subnet = await _network(client, owner)
-    vpc_id = _vpc["id"]
+    vpc, subnet = await _network(client, owner)
+    vpc_id = vpc["id"]
     first = await create_vm(client, owner, "a", subnet_id=subnet["id"])
     old_hosts = [a.host_id for a in container.agents]
     late, network = await _late_host(container, "sim-late", "10.255.9.9")

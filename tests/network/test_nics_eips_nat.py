@@ -125,7 +125,7 @@ async def _converged(client, headers, container, vpc_id: str) -> None:
 
 
 async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) -> None:
-    _vpc, subnet = await _network(client, owner)
+    vpc, subnet = await _network(client, owner)
     planes = _planes(container)
     a = await create_vm(client, owner, "a", subnet_id=subnet["id"])
     b = await create_vm(client, owner, "b", subnet_id=subnet["id"])
@@ -139,6 +139,17 @@ async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) 
         "/v1/nics", json={"subnet_id": subnet["id"], "private_ip": "10.0.1.50"}, headers=owner
     )
     assert dup.status_code == 409
+    r = await client.post(
+        "/v1/security-groups", json={"vpc_id": vpc["id"], "name": "x"}, headers=owner
+    )
+    group = r.json()["id"]
+    body = {"subnet_id": subnet["id"], "security_group_ids": [group]}
+    grouped = (await client.post("/v1/nics", json=body, headers=owner)).json()
+    assert grouped["security_group_ids"] == [group]
+    r = await client.delete(f"/v1/security-groups/{group}", headers=owner)
+    assert r.status_code == 409 and grouped["id"] in r.json()["detail"]
+    assert (await client.delete(f"/v1/nics/{grouped['id']}", headers=owner)).status_code == 204
+    assert (await client.delete(f"/v1/security-groups/{group}", headers=owner)).status_code == 204
     r = await client.post(
         f"/v1/nics/{nic['id']}/actions/attach", json={"vm_id": a["id"]}, headers=owner
     )

@@ -23,6 +23,7 @@ from altostack.db.database import Database
 from altostack.db.models_network import (
     IpAllocation,
     NatGateway,
+    Nic,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -603,6 +604,19 @@ class SecurityGroupService:
                 raise Conflict(
                     f"rules of security group {referenced} name {group.id} as their remote "
                     "group; delete those rules first"
+                )
+            # Few NICs per VPC; the JSON list is checked here the same on both databases.
+            users = [
+                nic_id
+                for nic_id, groups in await uow.session.execute(
+                    select(Nic.id, Nic.security_group_ids).where(Nic.vpc_id == group.vpc_id)
+                )
+                if group.id in (groups or [])
+            ]
+            if users:
+                raise Conflict(
+                    f"security group {group.id} is used by {len(users)} NIC(s) "
+                    f"({', '.join(sorted(users)[:5])})"
                 )
             await uow.session.execute(
                 delete(SecurityGroupRule).where(SecurityGroupRule.group_id == group.id)
