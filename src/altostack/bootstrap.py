@@ -187,6 +187,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         db, bus, agent_timeout=settings.agent_timeout_seconds, region=settings.region
     )
     network_sync.register(registry)
+    network_sync.operations = operations
     compute.network = network_sync.sync_vpcs_of_vm
     NetworkController(db, quotas, sync=network_sync.sync_vpc).register(registry)
     network = NetworkService(db, operations, quotas)
@@ -230,7 +231,14 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         nat_gateways=NatGatewayService(db, operations, quotas, network, eips),
         network_sync=network_sync,
         host_monitor=HostMonitor(
-            db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
+            db,
+            bus,
+            infra,
+            operations,
+            events,
+            vms,
+            interval=settings.heartbeat_interval_seconds,
+            network_resync=network_sync.resync_host,
         ),
         **overrides,
     )

@@ -3,11 +3,13 @@ a host that fails (the operation says so)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from sqlalchemy import select
 
 from altostack import allinone
+from altostack.agent.agent import Agent
 from altostack.agent.network_ops import NetworkOps
 from altostack.db.models_compute import Cluster
 from altostack.drivers.compute.sim import SimComputeDriver
@@ -121,3 +123,17 @@ async def test_a_host_joining_later_becomes_every_hosts_peer(
         f"/v1/nics/{nic['id']}/actions/detach", headers=owner
     ))  # fmt: skip
     assert nic["id"] not in network.dataplane.ports
+    # The host reboots: a new agent over an empty data plane gets its VPCs pushed again.
+    before = network.dataplane.networks[vpc_id].peers
+    await late.stop()
+    container.agents.remove(late)
+    fresh = SimNetworkDriver(timings=SimTimings.instant())
+    again = Agent(late.host_id, container.bus, late.compute, heartbeat_interval=0.2, network=fresh)
+    await again.start()
+    container.agents.append(again)
+    for _ in range(100):
+        if fresh.dataplane.ports:
+            break
+        await asyncio.sleep(0.05)
+    assert [p.ip for p in fresh.dataplane.ports.values()] == [second["private_ip"]]
+    assert fresh.dataplane.networks[vpc_id].peers == before

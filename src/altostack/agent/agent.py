@@ -62,6 +62,7 @@ class Agent:
         self._locks: dict[str, asyncio.Lock] = {}
         self._cores = 1
         self.network = NetworkOps(network) if network is not None else None
+        self._network_fresh = True
 
     async def start(self) -> None:
         info = await self.compute.host_info()
@@ -92,14 +93,15 @@ class Agent:
     async def heartbeat(self) -> None:
         vms = await self.compute.list_vms()
         busy = sum(v.vcpus for v in vms if v.state == "running")
-        await self.bus.publish(
-            HEARTBEAT_SUBJECT,
-            {
-                "host_id": self.host_id,
-                "load": min(1.0, busy / (self._cores * 4)),
-                "vms": [status_to_dict(v) for v in vms],
-            },
-        )
+        beat: dict[str, Any] = {
+            "host_id": self.host_id,
+            "load": min(1.0, busy / (self._cores * 4)),
+            "vms": [status_to_dict(v) for v in vms],
+        }
+        if self.network is not None and self._network_fresh:
+            beat["network_fresh"] = True  # the first report: ask for this host's VPCs
+            self._network_fresh = False
+        await self.bus.publish(HEARTBEAT_SUBJECT, beat)
 
     async def _on_command(self, message: Message) -> dict[str, Any]:
         data = message.data

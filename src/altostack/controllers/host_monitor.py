@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -45,6 +46,7 @@ class HostMonitor:
         vms: VmService,
         *,
         interval: float,
+        network_resync: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -53,6 +55,8 @@ class HostMonitor:
         self.events = events
         self.vms = vms
         self.interval = interval
+        self.network_resync = network_resync
+        """Re-pushes a restarted agent's VPCs (its first heartbeat says ``network_fresh``)."""
         self._orphans_seen: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
@@ -107,6 +111,8 @@ class HostMonitor:
             log.warning("heartbeat from an unknown host", host_id=host_id)
             return None
         await self.reconcile(host_id, list(message.data.get("vms") or []))
+        if message.data.get("network_fresh") and self.network_resync is not None:
+            await self.network_resync(host_id)
         return None
 
     async def reconcile(self, host_id: str, reports: list[dict[str, Any]]) -> None:

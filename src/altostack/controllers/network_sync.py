@@ -66,8 +66,10 @@ from altostack.drivers.network.base import (
     SecurityGroupSpec,
     SnatRule,
 )
+from altostack.services.context import SYSTEM, RequestContext
 from altostack.services.eips import allocate_public
-from altostack.services.netsync import PUSH_KINDS
+from altostack.services.netsync import PUSH_KINDS, queue_push
+from altostack.services.operations import OperationService
 
 log = structlog.get_logger(__name__)
 
@@ -117,11 +119,29 @@ class NetworkSyncController:
         self.bus = bus
         self.agent_timeout = agent_timeout
         self.region = region
+        self.operations: OperationService | None = None
+        """Set by bootstrap: lets :meth:`resync_host` queue pushes."""
 
     def register(self, registry: OperationRegistry) -> None:
         for kind in PUSH_KINDS:
             registry.register(kind, self.handle)
         registry.register("eip.allocate", self.allocated)
+
+    async def resync_host(self, host_id: str) -> list[str]:
+        """A host whose agent (re)started knows nothing: queue a push of every VPC it had
+        at the last push, so its data plane is rebuilt from the desired state."""
+        if self.operations is None:
+            return []
+        async with self.db.uow() as uow:
+            rows = (await uow.session.execute(select(Vpc.id, Vpc.tenant_id, Vpc.hosts))).all()
+            mine = [(vpc_id, tenant) for vpc_id, tenant, hosts in rows if host_id in (hosts or [])]
+            ctx = RequestContext(SYSTEM)
+            for vpc_id, tenant in mine:
+                await queue_push(uow, self.operations, ctx, [vpc_id], tenant_id=tenant)
+            await uow.commit()
+        if mine:
+            log.info("re-pushing the VPCs of a restarted agent", host_id=host_id, vpcs=len(mine))
+        return [vpc_id for vpc_id, _ in mine]
 
     async def allocated(self, ctx: OperationContext) -> dict[str, Any]:
         """An EIP is usable once recorded; the push comes with its binding."""
