@@ -191,8 +191,13 @@ class NetworkSyncController:
         async with self.db.uow() as uow:
             vpc = await uow.session.get(Vpc, vpc_id)
             if vpc is not None:
-                # Hosts whose removal failed stay listed, so the next push retries them.
-                vpc.hosts = sorted(set(plan.hosts) | {h for h in plan.remove_from if h in errors})
+                # Hosts whose removal failed stay listed, so the next push retries them;
+                # an older plan than the VPC's newest only adds hosts (a newer push that
+                # ran first may have placed the VPC on hosts this plan did not know).
+                hosts = set(plan.hosts) | {h for h in plan.remove_from if h in errors}
+                if plan.generation < vpc.generation:
+                    hosts |= set(vpc.hosts or [])
+                vpc.hosts = sorted(hosts)
                 if not errors and plan.generation > vpc.observed_generation:
                     vpc.observed_generation = plan.generation
                 await uow.commit()
