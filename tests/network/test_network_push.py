@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
 from sqlalchemy import select
 
 from altostack import allinone
@@ -25,9 +26,15 @@ from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 from tests.compute.conftest import create_vm, wait_op
+from tests.conftest import make_settings
 from tests.network.test_nics_eips_nat import _network, _ok, _planes
 from tests.network.test_nics_eips_nat import owner as owner
-from tests.network.test_nics_eips_nat import settings as settings
+
+
+@pytest.fixture
+def settings(db_url, tmp_path):
+    # Two attempts: the failing push below gives up after one retry.
+    return make_settings(db_url, tmp_path, sim_hosts=2, operation_max_attempts=2)
 
 
 def _apply(generation: int, ports: list[PortSpec], router: bool = True) -> dict:
