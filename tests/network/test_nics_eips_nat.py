@@ -97,6 +97,9 @@ async def test_vms_nics_and_the_pushed_data_plane(client, owner, container) -> N
     assert meta[first["id"]].hostname == "a" and meta[first["id"]].ip == "10.0.1.2"
     assert router.external is not None and router.external.cidr == "203.0.113.0/24"
     assert router.default_snat
+    await _converged(client, owner, container, vpc["id"])
+    shown = (await client.get(f"/v1/vpcs/{vpc['id']}", headers=owner)).json()
+    assert shown["observed_generation"] == shown["generation"] > 1
     # VM delete: the primary NIC and its address go, the port leaves the host.
     r = await client.delete(f"/v1/vms/{second['id']}", headers=owner)
     await _ok(client, owner, r)

@@ -53,6 +53,8 @@ def vpc_view(vpc: Vpc) -> dict[str, Any]:
         "name": vpc.name,
         "cidr": vpc.cidr,
         "state": vpc.state,
+        "generation": vpc.generation,
+        "observed_generation": vpc.observed_generation,
         "created_at": vpc.created_at,
     }
 
@@ -154,6 +156,9 @@ class NetworkService:
                 cidr=str(net),
                 vni=await self._free_vni(uow),
                 state="creating",
+                generation=1,
+                observed_generation=0,
+                hosts=[],
             )
             uow.session.add(vpc)
             default = SecurityGroup(
