@@ -264,7 +264,20 @@ async def test_eips_nat_gateways_and_rules(client, owner, container) -> None:
     assert [(d.public_port, d.private_ip, d.private_port) for d in spec.dnat] == [
         (8080, vm["private_ip"], 80)
     ]
-    r = await client.delete(f"/v1/nat-gateways/{nat['id']}/rules/{r.json()['id']}", headers=owner)
+    r = await client.post(
+        f"/v1/nat-gateways/{nat['id']}/snat-rules", json={"vm_id": vm["id"]}, headers=owner
+    )
+    assert r.status_code == 201, r.text
+    await _converged(client, owner, container, vpc["id"])
+    assert [s.source_cidr for s in router().snat] == [f"{vm['private_ip']}/32", "10.0.1.0/24"]
+    # Deleting the VM takes it out of the whitelist and the port mappings.
+    await _ok(client, owner, await client.delete(f"/v1/vms/{vm['id']}", headers=owner))
+    got = (await client.get(f"/v1/nat-gateways/{nat['id']}", headers=owner)).json()
+    assert got["dnat_rules"] == [] and [x["subnet_id"] for x in got["snat_rules"]] == [subnet["id"]]
+    await _converged(client, owner, container, vpc["id"])
+    assert router().dnat == () and len(router().snat) == 1
+    rule_id = got["snat_rules"][0]["id"]
+    r = await client.delete(f"/v1/nat-gateways/{nat['id']}/rules/{rule_id}", headers=owner)
     assert r.status_code == 204
     await _ok(client, owner, await client.delete(f"/v1/nat-gateways/{nat['id']}", headers=owner))
     assert router().snat == () and router().dnat == ()

@@ -27,6 +27,7 @@ from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_host import choose_run_as
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
 
@@ -116,7 +117,11 @@ async def run(options: AgentOptions) -> None:
             "shared bus: start it with `alto up --bus nats://…` (or pass --bus)"
         )
     bus = connect(bus_url)
-    agent = Agent(host_id, bus, driver, heartbeat_interval=options.heartbeat_interval)
+    # The sim host gets the sim network driver; the linux one is wired with its data plane.
+    network = SimNetworkDriver() if options.driver == "sim" else None
+    agent = Agent(
+        host_id, bus, driver, heartbeat_interval=options.heartbeat_interval, network=network
+    )
     await agent.start()
     log.info("agent joined", host_id=host_id, hostname=options.hostname, bus=bus_url)
     print(f"agent of {options.hostname} joined as {host_id}", flush=True)

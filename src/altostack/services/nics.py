@@ -14,12 +14,12 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from altostack.db.database import Database
 from altostack.db.models_compute import Vm
-from altostack.db.models_network import Eip, Nic, SecurityGroup, Subnet
+from altostack.db.models_network import Eip, NatRule, Nic, SecurityGroup, Subnet
 from altostack.db.repositories import page_of
 from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
@@ -173,11 +173,14 @@ class NicService:
 
     async def release_for_vm(self, uow: UnitOfWork, ctx: RequestContext, vm: Vm) -> None:
         """A VM going away: its primary NIC and address are freed, elastic NICs detached
-        (kept, with their addresses), EIPs on the primary NIC unbound; the VPCs are pushed."""
+        (kept, with their addresses), EIPs on the primary NIC unbound, its NAT rules
+        removed; the VPCs are pushed."""
         nics = (await uow.session.scalars(select(Nic).where(Nic.vm_id == vm.id))).all()
         if not nics:
             return
         vpcs = {n.vpc_id for n in nics}
+        # PRODUCT: deleting a VM takes it out of NAT whitelists and port mappings.
+        await uow.session.execute(delete(NatRule).where(NatRule.vm_id == vm.id))
         for nic in nics:
             if nic.primary:
                 await uow.session.execute(
