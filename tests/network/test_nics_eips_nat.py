@@ -151,6 +151,19 @@ async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) 
     assert grouped["security_group_ids"] == [group]
     r = await client.delete(f"/v1/security-groups/{group}", headers=owner)
     assert r.status_code == 409 and grouped["id"] in r.json()["detail"]
+    # Changing a bound NIC's groups reaches its host.
+    primary = (await client.get(f"/v1/nics?vm_id={a['id']}", headers=owner)).json()["items"][0]
+    body = {"security_group_ids": [group]}
+    r = await client.patch(f"/v1/nics/{primary['id']}", json=body, headers=owner)
+    assert r.status_code == 200 and r.json()["security_group_ids"] == [group]
+    await _converged(client, owner, container, vpc["id"])
+    assert planes[a["host_id"]].ports[primary["id"]].security_group_ids == (group,)
+    assert group in planes[a["host_id"]].groups
+    r = await client.patch(
+        f"/v1/nics/{primary['id']}", json={"security_group_ids": []}, headers=owner
+    )
+    assert r.json()["security_group_ids"] != [group]
+    await _converged(client, owner, container, vpc["id"])
     assert (await client.delete(f"/v1/nics/{grouped['id']}", headers=owner)).status_code == 204
     assert (await client.delete(f"/v1/security-groups/{group}", headers=owner)).status_code == 204
     r = await client.post(

@@ -18,6 +18,12 @@ class NicCreate(Strict):
     security_group_ids: list[str] = Field([], max_length=5, description="default: the VPC's")
 
 
+class NicUpdate(Strict):
+    security_group_ids: list[str] = Field(
+        max_length=5, description="groups of the NIC's VPC; [] means the VPC's default group"
+    )
+
+
 class NicAttach(Strict):
     vm_id: str = Field(max_length=40)
 

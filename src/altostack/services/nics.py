@@ -271,6 +271,20 @@ class NicService:
             page = await page_of(uow.session, Nic, where, limit=limit, cursor=cursor)
         return [nic_view(n) for n in page.items], page.next_cursor
 
+    async def update(
+        self, ctx: RequestContext, nic_id: str, security_group_ids: Sequence[str]
+    ) -> dict[str, Any]:
+        """New security groups for the NIC; a bound NIC's host gets them at once."""
+        async with self.db.uow() as uow:
+            nic = await self.load(uow, ctx, nic_id, "nic:update")
+            nic.security_group_ids = await self.groups_of(
+                uow, ctx, nic.vpc_id, security_group_ids, "security_group_ids"
+            )
+            if nic.vm_id is not None:
+                await queue_push(uow, self.operations, ctx, [nic.vpc_id])
+            await uow.commit()
+        return nic_view(nic)
+
     async def delete(self, ctx: RequestContext, nic_id: str) -> None:
         async with self.db.uow() as uow:
             nic = await self.load(uow, ctx, nic_id, "nic:delete", lock=True)

@@ -30,6 +30,7 @@ from altostack.api.network_edge_schemas import (
     NicAttach,
     NicCreate,
     NicOut,
+    NicUpdate,
     SnatRuleCreate,
 )
 from altostack.api.schemas import PROBLEMS, ListOf
@@ -89,6 +90,18 @@ async def list_nics(
 )
 async def get_nic(id: str, ctx: Ctx, c: C) -> NicOut:
     return NicOut.model_validate(await c.nics.get(ctx, id))
+
+
+@router.patch(
+    "/v1/nics/{id}",
+    response_model=NicOut,
+    name="nic.update",
+    openapi_extra=permission("nic:update"),
+    responses=PROBLEMS,
+)
+async def update_nic(id: str, body: NicUpdate, ctx: Ctx, c: C) -> NicOut:
+    """Change the NIC's security groups; a bound NIC's host applies them at once."""
+    return NicOut.model_validate(await c.nics.update(ctx, id, body.security_group_ids))
 
 
 @router.delete(
