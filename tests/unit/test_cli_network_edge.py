@@ -39,6 +39,9 @@ def test_nic_create_attach_waits_and_rereads(api: FakeApi, alto: Any) -> None:  
     result = alto("-o", "json", "nic", "attach", "nic-1", "--vm", "vm-1")
     assert out_json(result)["state"] == "bound"
     assert api.bodies("POST /v1/nics/nic-1/actions/attach") == [{"vm_id": "vm-1"}]
+    api.on("PATCH /v1/nics/nic-1", ok(bound))
+    alto("nic", "set-groups", "nic-1", "--sg", "sg-2")
+    assert api.bodies("PATCH /v1/nics/nic-1") == [{"security_group_ids": ["sg-2"]}]
     alto("nic", "list", "--vm", "vm-1")
     assert api.to("GET /v1/nics")[-1].url.params["vm_id"] == "vm-1"
 

@@ -88,6 +88,23 @@ def nic_show(ctx: typer.Context, nic_id: str, output: OutputOption = None) -> No
     emit_object(state, state.client().get(path_of(NICS, nic_id)))
 
 
+@nics.command("set-groups")
+def nic_set_groups(
+    ctx: typer.Context,
+    nic_id: str,
+    sg: Annotated[
+        list[str] | None, typer.Option(help="A security group (repeatable; none: VPC default)")
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Replace the NIC's security groups (applied to a running VM at once)."""
+    state = get_state(ctx, output)
+    response = state.client().send(
+        "PATCH", path_of(NICS, nic_id), json={"security_group_ids": sg or []}
+    )
+    settle(state, response, None, done="")
+
+
 @nics.command("delete")
 def nic_delete(
     ctx: typer.Context, nic_id: str, yes: YesOption = False, output: OutputOption = None
