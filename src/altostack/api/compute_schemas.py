@@ -106,6 +106,8 @@ class HostOut(BaseModel):
     allocatable: HostResources
     usage: HostResources
     load: float
+    underlay_ip: str | None = None
+    network_host: bool = False
     last_heartbeat_at: datetime | None
     created_at: datetime
 

@@ -92,6 +92,8 @@ def host_view(h: Host, cluster: Cluster | None = None) -> dict[str, Any]:
             "gpus": h.gpus_used,
         },
         "load": h.load,
+        "underlay_ip": h.underlay_ip,
+        "network_host": h.network_host,
         "last_heartbeat_at": h.last_heartbeat_at,
         "created_at": h.created_at,
     }
