@@ -38,6 +38,8 @@ from altostack.drivers.compute.qemu_hotadd import limits
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
+from altostack.drivers.network.base import NetworkDriver
+from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.storage.hosts import host_storage
 from altostack.drivers.storage.sim import SimStorageDriver
@@ -114,6 +116,8 @@ async def seed(c: Container, *, sim_image: bool = True) -> Cluster:
         await uow.commit()
     if image is None and sim_image:
         await _seed_image(c)
+    if c.settings.public_pool_cidr:
+        await c.ip_pools.ensure_default(c.settings.public_pool_cidr)
     return cluster
 
 
@@ -154,12 +158,20 @@ async def _join_token(c: Container, cluster: Cluster) -> str:
 
 
 async def _start_agent(
-    c: Container, token: str, driver: ComputeDriver, storage: StorageDriver | None = None
+    c: Container,
+    token: str,
+    driver: ComputeDriver,
+    storage: StorageDriver | None = None,
+    *,
+    network: NetworkDriver | None = None,
+    underlay_ip: str | None = None,
 ) -> Agent:
     """Register the driver's host with its real capacity and run its agent here."""
     info = await driver.host_info()
     report = host_info_to_dict(info)
     report["capabilities"] = dataclasses.asdict(driver.capabilities)
+    if underlay_ip:
+        report["underlay_ip"] = underlay_ip
     host, _agent_token = await c.infra.register_host(token, hostname=info.hostname, report=report)
     agent = Agent(
         host["id"],
@@ -167,6 +179,7 @@ async def _start_agent(
         driver,
         heartbeat_interval=c.settings.heartbeat_interval_seconds,
         storage=storage,
+        network=network,
     )
     await agent.start()
     return agent
@@ -183,7 +196,11 @@ async def start_local_hosts(c: Container, cluster: Cluster, count: int) -> list[
             hypervisor, timings=timings, storage=SimStorageDriver(timings=timings)
         )
         c.sim_hypervisors[hypervisor.config.hostname] = hypervisor
-        agents.append(await _start_agent(c, token, driver))
+        # Each sim host gets a sim network driver and a made-up underlay address.
+        network = SimNetworkDriver(timings=timings)
+        c.sim_networks[hypervisor.config.hostname] = network.dataplane
+        underlay = f"10.255.{i // 250}.{i % 250 + 1}"
+        agents.append(await _start_agent(c, token, driver, network=network, underlay_ip=underlay))
     c.placement.invalidate()
     log.info("local sim hosts started", count=count)
     return agents

@@ -16,6 +16,7 @@ from altostack.controllers.host_monitor import HostMonitor
 from altostack.controllers.image_export import ImageExportController
 from altostack.controllers.janitor import Janitor
 from altostack.controllers.network import NetworkController
+from altostack.controllers.network_sync import NetworkSyncController
 from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
@@ -24,13 +25,16 @@ from altostack.services.apikeys import ApiKeyService
 from altostack.services.auth import AuthService
 from altostack.services.console import ConsoleService
 from altostack.services.disks import DiskService
+from altostack.services.eips import EipService, IpPoolService
 from altostack.services.events import EventService
 from altostack.services.idempotency import IdempotencyService
 from altostack.services.image_store import ImageStore
 from altostack.services.images import ImageService
 from altostack.services.infra import InfraService
 from altostack.services.instance_types import InstanceTypeService
+from altostack.services.nat import NatGatewayService
 from altostack.services.network import NetworkService, SecurityGroupService
+from altostack.services.nics import NicService
 from altostack.services.operations import OperationService
 from altostack.services.passwords import Passwords
 from altostack.services.placement import PlacementService
@@ -76,6 +80,11 @@ class Container:
     compute: ComputeController
     network: NetworkService
     security_groups: SecurityGroupService
+    nics: NicService
+    ip_pools: IpPoolService
+    eips: EipService
+    nat_gateways: NatGatewayService
+    network_sync: NetworkSyncController
     host_monitor: HostMonitor
     storage_pools: StoragePoolService
     disks: DiskService
@@ -84,6 +93,8 @@ class Container:
     metrics: ApiMetrics
     agents: list[Any] = field(default_factory=list)
     sim_hypervisors: dict[str, Any] = field(default_factory=dict)
+    sim_networks: dict[str, Any] = field(default_factory=dict)
+    """hostname → the sim host's ``SimDataplane`` (what its network driver programmed)."""
     run_worker: bool = True
     migrate: bool = True
     plugins: list[Any] = field(default_factory=list)
@@ -182,8 +193,17 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         return {k: image[k] for k in ("id", "state", "format", "size_bytes", "checksum_sha256")}
 
     registry.register("image.import", import_image)
-    NetworkController(db, quotas).register(registry)
+    network_sync = NetworkSyncController(
+        db, bus, agent_timeout=settings.agent_timeout_seconds, region=settings.region
+    )
+    network_sync.register(registry)
+    network_sync.operations = operations
+    compute.network = network_sync.sync_vpcs_of_vm
+    NetworkController(db, quotas, sync=network_sync.sync_vpc).register(registry)
     network = NetworkService(db, operations, quotas)
+    nics = NicService(db, operations, quotas, network)
+    vms.nics = nics
+    eips = EipService(db, operations, quotas, settings.region)
     storage_pools = StoragePoolService(db, bus)
     disks = DiskService(
         db, operations, quotas, storage_pools, recycle_seconds=settings.recycle_seconds
@@ -194,7 +214,14 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     )  # fmt: skip
     disk_controller.register(registry)
     host_monitor = HostMonitor(
-        db, bus, infra, operations, events, vms, interval=settings.heartbeat_interval_seconds
+        db,
+        bus,
+        infra,
+        operations,
+        events,
+        vms,
+        interval=settings.heartbeat_interval_seconds,
+        network_resync=network_sync.resync_host,
     )
     host_monitor.extra_sweeps.append(disk_controller.sweep)
     container = Container(
@@ -228,6 +255,11 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         compute=compute,
         network=network,
         security_groups=SecurityGroupService(db, quotas, network),
+        nics=nics,
+        ip_pools=IpPoolService(db, settings.region),
+        eips=eips,
+        nat_gateways=NatGatewayService(db, operations, quotas, network, eips),
+        network_sync=network_sync,
         host_monitor=host_monitor,
         storage_pools=storage_pools,
         disks=disks,

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         description="Bridge of this host's external (public) network, where VPC routers "
         "put their external leg (linux network driver); the all-in-one lab makes one",
     )
+    public_pool_cidr: str = Field(
+        "203.0.113.0/24",
+        description="The all-in-one's public IP pool, created on first start ('' for none)",
+    )
     qemu_run_as: str = Field(
         "auto",
         description="User QEMU drops to (-runas): auto = a dedicated alto-qemu user where "

@@ -14,7 +14,9 @@ SELF_SERVICE = {
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 # Platform inventory and catalogues: not any tenant's, so not part of tenant isolation.
-PLATFORM_COLLECTIONS = {"regions", "clusters", "hosts", "instance-types", "storage-pools"}
+PLATFORM_COLLECTIONS = {
+    "regions", "clusters", "hosts", "instance-types", "storage-pools", "ip-pools",
+}  # fmt: skip
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

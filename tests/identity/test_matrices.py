@@ -38,7 +38,9 @@ async def _platform_ids(client, admin) -> dict[str, str]:
     clusters = (await client.get("/v1/clusters", headers=admin)).json()["items"]
     hosts = (await client.get("/v1/hosts", headers=admin)).json()["items"]
     types = (await client.get("/v1/instance-types", headers=admin)).json()["items"]
+    pools = (await client.get("/v1/ip-pools", headers=admin)).json()["items"]
     return {
+        "ip-pools": pools[0]["id"],
         "regions": regions[0]["id"],
         "clusters": clusters[0]["id"],
         "hosts": hosts[0]["id"],
@@ -69,6 +71,12 @@ async def _compute_ids(client, owner) -> dict[str, str]:
     sg_body = {"vpc_id": vpc["vpc"]["id"], "name": "sg"}
     sg = (await client.post("/v1/security-groups", json=sg_body, headers=owner)).json()
     vm = await create_vm(client, owner, "a-vm", placement_group_id=group["id"])
+    nic = (
+        await client.post("/v1/nics", json={"subnet_id": subnet["subnet"]["id"]}, headers=owner)
+    ).json()
+    eip = (await client.post("/v1/eips", json={}, headers=owner)).json()
+    nat_body = {"vpc_id": vpc["vpc"]["id"], "name": "gw"}
+    nat = (await client.post("/v1/nat-gateways", json=nat_body, headers=owner)).json()
     binned = await create_vm(client, owner, "a-binned")
     r = await client.delete(f"/v1/vms/{binned['id']}", headers=owner)
     await wait_op(client, owner, r.json()["operation"])
@@ -78,6 +86,9 @@ async def _compute_ids(client, owner) -> dict[str, str]:
         "vpcs": vpc["vpc"]["id"],
         "subnets": subnet["subnet"]["id"],
         "security-groups": sg["id"],
+        "nics": nic["id"],
+        "eips": eip["eip"]["id"],
+        "nat-gateways": nat["nat_gateway"]["id"],
         "vms": vm["id"],
         "recycle-bin": binned["id"],
     }

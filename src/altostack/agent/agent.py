@@ -24,10 +24,12 @@ from altostack.agent.codec import (
 from altostack.agent.disk_ops import DiskOps
 from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
+from altostack.agent.network_ops import NetworkOps
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
 from altostack.drivers.errors import BackendFailure, DriverError
+from altostack.drivers.network.base import NetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 
 log = structlog.get_logger(__name__)
@@ -49,6 +51,7 @@ class Agent:
         *,
         heartbeat_interval: float = 5.0,
         storage: StorageDriver | None = None,
+        network: NetworkDriver | None = None,
     ) -> None:
         self.host_id = host_id
         self.bus = bus
@@ -63,6 +66,8 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._cores = 1
+        self.network = NetworkOps(network) if network is not None else None
+        self._network_fresh = True
 
     async def start(self) -> None:
         info = await self.compute.host_info()
@@ -93,15 +98,16 @@ class Agent:
     async def heartbeat(self) -> None:
         vms = await self.compute.list_vms()
         busy = sum(v.vcpus for v in vms if v.state == "running")
-        await self.bus.publish(
-            HEARTBEAT_SUBJECT,
-            {
-                "host_id": self.host_id,
-                "load": min(1.0, busy / (self._cores * 4)),
-                "vms": [status_to_dict(v) for v in vms],
-                "storage": await self._storage_report(),
-            },
-        )
+        beat: dict[str, Any] = {
+            "host_id": self.host_id,
+            "load": min(1.0, busy / (self._cores * 4)),
+            "vms": [status_to_dict(v) for v in vms],
+            "storage": await self._storage_report(),
+        }
+        if self.network is not None and self._network_fresh:
+            beat["network_fresh"] = True  # the first report: ask for this host's VPCs
+            self._network_fresh = False
+        await self.bus.publish(HEARTBEAT_SUBJECT, beat)
 
     async def _storage_report(self) -> dict[str, Any] | None:
         try:
@@ -218,4 +224,5 @@ class Agent:
             "read_export": self.exports.read,
             "end_export": self.exports.end,
             **self.disks.handlers(),  # cloud disks (agent/disk_ops.py)
+            **(self.network.handlers() if self.network is not None else {}),
         }

@@ -27,6 +27,7 @@ from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_host import choose_run_as
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
@@ -106,6 +107,9 @@ async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, s
     report["hostname"] = options.hostname
     report["join_token"] = options.token
     report["capabilities"] = dataclasses.asdict(driver.capabilities)
+    if os.environ.get("ALTO_UNDERLAY_IP"):  # docs/network.md: the host's VXLAN address
+        report["underlay_ip"] = os.environ["ALTO_UNDERLAY_IP"]
+    report["network_host"] = os.environ.get("ALTO_NETWORK_HOST", "") in ("1", "true", "yes")
     url = options.join_url.rstrip("/") + "/v1/hosts/register"
     delay = 0.5
     async with httpx.AsyncClient(timeout=10.0) as client:
@@ -133,12 +137,15 @@ async def run(options: AgentOptions) -> None:
             "shared bus: start it with `alto up --bus nats://…` (or pass --bus)"
         )
     bus = connect(bus_url)
+    # The sim host gets the sim network driver; the linux one is wired with its data plane.
+    network = SimNetworkDriver() if options.driver == "sim" else None
     agent = Agent(
         host_id,
         bus,
         driver,
         heartbeat_interval=options.heartbeat_interval,
         storage=build_storage(options, driver),
+        network=network,
     )
     await agent.start()
     log.info("agent joined", host_id=host_id, hostname=options.hostname, bus=bus_url)

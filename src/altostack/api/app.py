@@ -21,6 +21,7 @@ from altostack.api.routers import (
     health,
     infra,
     network,
+    network_edge,
     operations,
     quotas,
     roles,
@@ -50,6 +51,7 @@ ROUTERS = [
     console.router,
     network.router,
     storage.router,
+    network_edge.router,
     vm_host.router,
     events.router,
 ]

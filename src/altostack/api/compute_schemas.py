@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 
 class Strict(BaseModel):
@@ -73,6 +73,10 @@ class HostRegister(Strict):
     gpus: list[GpuIn] = []
     accel: Literal["kvm", "tcg", "sim"] = "sim"
     capabilities: dict[str, bool] = {}
+    underlay_ip: IPvAnyAddress | None = Field(
+        None, description="where other hosts' VXLAN tunnels reach this host"
+    )
+    network_host: bool = Field(False, description="run the VPC routers here")
 
 
 class HostResources(BaseModel):
@@ -102,6 +106,8 @@ class HostOut(BaseModel):
     allocatable: HostResources
     usage: HostResources
     load: float
+    underlay_ip: str | None = None
+    network_host: bool = False
     last_heartbeat_at: datetime | None
     created_at: datetime
 

@@ -138,6 +138,8 @@ class QuotaSet(Strict):
     disk_gib: int | None = Field(None, ge=-1)
     snapshots: int | None = Field(None, ge=-1)
     vpcs: int | None = Field(None, ge=-1)
+    subnets: int | None = Field(None, ge=-1)
+    nics: int | None = Field(None, ge=-1)
     eips: int | None = Field(None, ge=-1)
     security_groups: int | None = Field(None, ge=-1)
     nat_gateways: int | None = Field(None, ge=-1)

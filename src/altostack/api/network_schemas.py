@@ -22,6 +22,10 @@ class VpcOut(BaseModel):
     name: str
     cidr: str
     state: str
+    generation: int | None = Field(None, description="bumped by every change hosts must see")
+    observed_generation: int | None = Field(
+        None, description="the newest generation every host of the VPC has applied"
+    )
     created_at: datetime
 
 

@@ -17,6 +17,7 @@ from altostack.cli.commands import (
     config,
     events,
     network,
+    network_edge,
     ops,
     quotas,
     roles,
@@ -108,6 +109,10 @@ app.add_typer(network.groups, name="sg")
 app.add_typer(storage.disks, name="disk")
 app.add_typer(storage.snapshots, name="snapshot")
 app.add_typer(storage.pools, name="storage-pool")
+app.add_typer(network_edge.nics, name="nic")
+app.add_typer(network_edge.eips, name="eip")
+app.add_typer(network_edge.pools, name="ip-pool")
+app.add_typer(network_edge.natgws, name="natgw")
 
 
 def main() -> None:

@@ -29,10 +29,16 @@ from altostack.services.vms import claim_of
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[OperationContext], Awaitable[dict[str, Any] | None]]
+NetworkHook = Callable[[str], Awaitable[list[dict[str, Any]]]]
+"""Pushes the VPCs of a VM's NICs to the hosts and returns the NICs (network_sync)."""
 
 
 def vm_spec(
-    vm: Vm, *, power_state: str | None = None, password: str | None = None
+    vm: Vm,
+    *,
+    power_state: str | None = None,
+    password: str | None = None,
+    nics: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The VM as the agent's ``ensure_vm`` expects it (drivers.compute.base.VmSpec)."""
     return {
@@ -49,7 +55,7 @@ def vm_spec(
         "password": password,
         "ssh_keys": list(vm.ssh_keys or []),
         "user_data": vm.user_data,
-        "nics": [],
+        "nics": nics or [],
         "gpus": list(vm.gpu_addresses or []),
         "metadata": {"tenant_id": vm.tenant_id},
     }
@@ -76,6 +82,7 @@ class ComputeController:
         self.agent_timeout = agent_timeout
         self.max_attempts = max_attempts
         self.recycle_seconds = recycle_seconds
+        self.network: NetworkHook | None = None
 
     def register(self, registry: OperationRegistry) -> None:
         for kind, handler in {
@@ -154,7 +161,9 @@ class ComputeController:
         return reply
 
     async def ensure(self, vm: Vm, power_state: str | None) -> dict[str, Any]:
-        spec = vm_spec(vm, power_state=power_state)
+        # Only VMs that were given a subnet pay for the NIC push (a stopped VM's start).
+        nics = await self.network(vm.id) if self.network and vm.subnet_id else []
+        spec = vm_spec(vm, power_state=power_state, nics=nics)
         return await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
 
     async def _observe(
@@ -182,7 +191,8 @@ class ComputeController:
         vm = await self._vm(ctx)
         if vm.state == "deleted":
             raise PermanentError(f"VM {vm.id} was deleted before it was created")
-        spec = vm_spec(vm, password=ctx.input.get("password"))
+        nics = await self.network(vm.id) if self.network and vm.subnet_id else []
+        spec = vm_spec(vm, password=ctx.input.get("password"), nics=nics)
         await ctx.progress(10)
         reply = await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
         return await self._observe(vm.id, reply["status"], reason=None)

@@ -46,6 +46,7 @@ class HostMonitor:
         vms: VmService,
         *,
         interval: float,
+        network_resync: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -54,6 +55,8 @@ class HostMonitor:
         self.events = events
         self.vms = vms
         self.interval = interval
+        self.network_resync = network_resync
+        """Re-pushes a restarted agent's VPCs (its first heartbeat says ``network_fresh``)."""
         self._orphans_seen: set[str] = set()
         self.extra_sweeps: list[Callable[[], Awaitable[object]]] = []
         """More periodic housekeeping (the disks' recycle bin), run after each sweep."""
@@ -112,6 +115,8 @@ class HostMonitor:
             log.warning("heartbeat from an unknown host", host_id=host_id)
             return None
         await self.reconcile(host_id, list(message.data.get("vms") or []))
+        if message.data.get("network_fresh") and self.network_resync is not None:
+            await self.network_resync(host_id)
         return None
 
     async def reconcile(self, host_id: str, reports: list[dict[str, Any]]) -> None:

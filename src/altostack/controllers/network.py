@@ -8,6 +8,7 @@ VPC's security groups with it) and give the quota back. Each step is idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete
@@ -16,6 +17,7 @@ from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.db.database import Database
 from altostack.db.models_network import (
     IpAllocation,
+    PublicIpAllocation,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -25,9 +27,18 @@ from altostack.services.quotas import QuotaService
 
 
 class NetworkController:
-    def __init__(self, db: Database, quotas: QuotaService) -> None:
+    def __init__(
+        self,
+        db: Database,
+        quotas: QuotaService,
+        *,
+        sync: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
         self.db = db
         self.quotas = quotas
+        self.sync = sync
+        """Pushes a VPC to its hosts (``NetworkSyncController.sync_vpc``): a subnet
+        changes the router, a deleted VPC leaves every host."""
 
     def register(self, registry: OperationRegistry) -> None:
         registry.register("vpc.create", self.create_vpc)
@@ -48,6 +59,15 @@ class NetworkController:
             vpc = await uow.session.get(Vpc, ctx.resource_id)
             if vpc is None:
                 return {"vpc_id": ctx.resource_id}  # a retry after the commit below
+        if self.sync is not None:
+            await self.sync(vpc.id)  # state "deleting": off every host it was on
+        async with self.db.uow() as uow:
+            vpc = await uow.session.get(Vpc, ctx.resource_id)
+            if vpc is None:
+                return {"vpc_id": ctx.resource_id}
+            await uow.session.execute(
+                delete(PublicIpAllocation).where(PublicIpAllocation.owner_id == vpc.id)
+            )
             groups = SecurityGroup.vpc_id == vpc.id
             await uow.session.execute(
                 delete(SecurityGroupRule).where(
@@ -70,6 +90,8 @@ class NetworkController:
             if subnet is not None and subnet.state == "creating":
                 subnet.state = "available"
             await uow.commit()
+        if subnet is not None and self.sync is not None:
+            await self.sync(subnet.vpc_id)
         return {"subnet_id": ctx.resource_id}
 
     async def delete_subnet(self, ctx: OperationContext) -> dict[str, Any] | None:
@@ -81,5 +103,8 @@ class NetworkController:
                 delete(IpAllocation).where(IpAllocation.subnet_id == subnet.id)
             )
             await uow.session.delete(subnet)
+            await self.quotas.release(uow, subnet.tenant_id, "subnets")
             await uow.commit()
+        if self.sync is not None:
+            await self.sync(subnet.vpc_id)
         return {"subnet_id": ctx.resource_id}

@@ -10,7 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from altostack.db.models import Base
@@ -64,6 +74,10 @@ class Host(Base):
     gpus_used: Mapped[int] = mapped_column(Integer, default=0)
     load: Mapped[float] = mapped_column(Float, default=0.0)
     agent_token_hash: Mapped[str | None] = mapped_column(String(64))
+    # The address VXLAN tunnels of other hosts reach this one at; a network host runs
+    # the VPC routers (docs/network.md: the designated network host).
+    underlay_ip: Mapped[str | None] = mapped_column(String(64))
+    network_host: Mapped[bool] = mapped_column(Boolean, default=False)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -53,12 +53,21 @@ DISK_ACTIONS = frozenset(
 """Cloud disks: volumes of the host's pool and their attachments (``agent.disk_ops``)."""
 
 
+NETWORK_ACTIONS = frozenset({"network_apply", "network_remove", "network_state"})
+"""One VPC's desired state on a host (``altostack.agent.network_ops``)."""
+
+
 def agent_subject(host_id: str) -> str:
     return f"agent.{host_id}"
 
 
 def command(action: str, **fields: Any) -> dict[str, Any]:
-    if action not in ACTIONS and action not in LIVE_ACTIONS and action not in DISK_ACTIONS:
+    if (
+        action not in ACTIONS
+        and action not in LIVE_ACTIONS
+        and action not in DISK_ACTIONS
+        and action not in NETWORK_ACTIONS
+    ):
         raise ValueError(f"unknown agent action {action!r}")
     return {"action": action, **fields}
 

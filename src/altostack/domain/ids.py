@@ -22,7 +22,7 @@ PREFIXES = frozenset(
     {
         "op", "evt", "tenant", "user", "tok", "key", "role", "vm", "disk", "img", "vpc",
         "subnet", "sg", "sgr", "eip", "nic", "snap", "host", "region", "cluster", "itype",
-        "pg", "natgw", "lb", "pool", "test",
+        "pg", "natgw", "nat", "natr", "lb", "pool", "test",
     }
 )  # fmt: skip
 

@@ -16,7 +16,7 @@ RESOURCES = frozenset(
         "cluster", "host", "instance-type", "image", "vm", "placement-group", "disk",
         "snapshot", "storage-pool", "vpc", "subnet", "security-group", "eip", "nic",
         "nat-gateway", "load-balancer", "vpn", "autoscaling", "alarm", "billing",
-        "recycle-bin", "timer",
+        "recycle-bin", "timer", "ip-pool",
     }
 )  # fmt: skip
 
@@ -61,7 +61,7 @@ BUILTIN_DESCRIPTIONS = {
 }
 
 # Routes only platform administrators (the ``system`` tenant) may use at all.
-PLATFORM_ONLY = frozenset({"tenant", "region", "cluster", "host", "storage-pool"})
+PLATFORM_ONLY = frozenset({"tenant", "region", "cluster", "host", "storage-pool", "ip-pool"})
 # Everyone reads these catalogues; only platform administrators change them.
 PLATFORM_MANAGED = frozenset({"instance-type"})
 

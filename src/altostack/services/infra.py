@@ -92,6 +92,8 @@ def host_view(h: Host, cluster: Cluster | None = None) -> dict[str, Any]:
             "gpus": h.gpus_used,
         },
         "load": h.load,
+        "underlay_ip": h.underlay_ip,
+        "network_host": h.network_host,
         "last_heartbeat_at": h.last_heartbeat_at,
         "created_at": h.created_at,
     }
@@ -287,6 +289,9 @@ class InfraService:
             host.disk_gib = int(report["disk_gib"])
             host.gpus = list(report.get("gpus", []))
             host.capabilities = dict(report.get("capabilities", {}))
+            underlay = report.get("underlay_ip")
+            host.underlay_ip = str(underlay) if underlay else host.underlay_ip
+            host.network_host = bool(report.get("network_host", host.network_host or False))
             host.liveness = "up"
             host.last_heartbeat_at = utcnow()
             host.agent_token_hash = _hash(agent_token)

@@ -16,12 +16,14 @@ import ipaddress
 import secrets
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from altostack.db.database import Database
 from altostack.db.models_network import (
     IpAllocation,
+    NatGateway,
+    Nic,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -33,6 +35,7 @@ from altostack.domain.errors import Conflict, InvalidRequest, NotFound
 from altostack.domain.ids import new_id
 from altostack.services import authz
 from altostack.services.context import RequestContext
+from altostack.services.netsync import queue_push
 from altostack.services.operations import OperationService, operation_view
 from altostack.services.quotas import QuotaService
 
@@ -50,6 +53,8 @@ def vpc_view(vpc: Vpc) -> dict[str, Any]:
         "name": vpc.name,
         "cidr": vpc.cidr,
         "state": vpc.state,
+        "generation": vpc.generation,
+        "observed_generation": vpc.observed_generation,
         "created_at": vpc.created_at,
     }
 
@@ -151,6 +156,9 @@ class NetworkService:
                 cidr=str(net),
                 vni=await self._free_vni(uow),
                 state="creating",
+                generation=1,
+                observed_generation=0,
+                hosts=[],
             )
             uow.session.add(vpc)
             default = SecurityGroup(
@@ -225,6 +233,9 @@ class NetworkService:
                     f"VPC {vpc.id} still has {len(subnets)} subnet(s) ({', '.join(subnets)}); "
                     "delete them first"
                 )
+            nat = await uow.session.scalar(select(NatGateway.id).where(NatGateway.vpc_id == vpc.id))
+            if nat is not None:
+                raise Conflict(f"VPC {vpc.id} still has NAT gateway {nat}; delete it first")
             if vpc.state == "deleting":
                 raise Conflict(f"VPC {vpc.id} is already being deleted")
             vpc.state = "deleting"
@@ -275,6 +286,7 @@ class NetworkService:
                     raise Conflict(
                         f"a subnet named {name!r} already exists in {vpc.id} ({other.id})"
                     )
+            await self.quotas.consume(uow, vpc.tenant_id, "subnets")
             subnet = Subnet(
                 id=new_id("subnet"),
                 tenant_id=vpc.tenant_id,
@@ -414,6 +426,46 @@ class NetworkService:
             if await self._insert(uow, subnet.id, candidate, owner_type, owner_id):
                 return candidate
         raise Conflict(f"subnet {subnet.id} is too busy to allocate an address; retry")
+
+    async def allocate_many(
+        self, uow: UnitOfWork, subnet: Subnet, owner_type: str, owner_ids: list[str]
+    ) -> list[str]:
+        """One address per owner (a batch of VMs): one read of the taken addresses and one
+        multi-row INSERT in a savepoint; a racing allocation makes the whole batch retry
+        with a fresh read."""
+        if len(owner_ids) == 1:
+            return [await self.allocate_ip(uow, subnet, owner_type, owner_ids[0])]
+        net = ipaddress.ip_network(subnet.cidr)
+        for _ in range(_ALLOCATE_ATTEMPTS):
+            taken = set(
+                (
+                    await uow.session.scalars(
+                        select(IpAllocation.ip).where(IpAllocation.subnet_id == subnet.id)
+                    )
+                ).all()
+            )
+            free: list[str] = []
+            for ip in net.hosts():
+                if str(ip) not in taken:
+                    free.append(str(ip))
+                    if len(free) == len(owner_ids):
+                        break
+            if len(free) < len(owner_ids):
+                raise Conflict(
+                    f"subnet {subnet.id} ({subnet.cidr}) has {len(free)} free address(es), "
+                    f"{len(owner_ids)} needed"
+                )
+            rows = [
+                {"subnet_id": subnet.id, "ip": ip, "owner_type": owner_type, "owner_id": owner}
+                for ip, owner in zip(free, owner_ids, strict=True)
+            ]
+            try:
+                async with uow.session.begin_nested():
+                    await uow.session.execute(insert(IpAllocation), rows)
+            except IntegrityError:
+                continue
+            return free
+        raise Conflict(f"subnet {subnet.id} is too busy to allocate addresses; retry")
 
     async def _insert(
         self, uow: UnitOfWork, subnet_id: str, ip: str, owner_type: str, owner_id: str
@@ -558,6 +610,19 @@ class SecurityGroupService:
                     f"rules of security group {referenced} name {group.id} as their remote "
                     "group; delete those rules first"
                 )
+            # Few NICs per VPC; the JSON list is checked here the same on both databases.
+            users = [
+                nic_id
+                for nic_id, groups in await uow.session.execute(
+                    select(Nic.id, Nic.security_group_ids).where(Nic.vpc_id == group.vpc_id)
+                )
+                if group.id in (groups or [])
+            ]
+            if users:
+                raise Conflict(
+                    f"security group {group.id} is used by {len(users)} NIC(s) "
+                    f"({', '.join(sorted(users)[:5])})"
+                )
             await uow.session.execute(
                 delete(SecurityGroupRule).where(SecurityGroupRule.group_id == group.id)
             )
@@ -615,6 +680,7 @@ class SecurityGroupService:
                 description=rule.get("description"),
             )
             uow.session.add(row)
+            await queue_push(uow, self.network.operations, ctx, [group.vpc_id])
             await uow.commit()
         return rule_view(row)
 
@@ -625,4 +691,5 @@ class SecurityGroupService:
             if rule is None or rule.group_id != group.id:
                 raise NotFound(f"security group {group.id} has no rule {rule_id}")
             await uow.session.delete(rule)
+            await queue_push(uow, self.network.operations, ctx, [group.vpc_id])
             await uow.commit()

@@ -125,6 +125,8 @@ class VmService:
         self.quotas = quotas
         self.placement = placement
         self.recycle_seconds = recycle_seconds
+        self.nics: Any = None
+        """``services.nics.NicService`` (set by bootstrap): primary NICs, NIC release."""
 
     # ---- create ----------------------------------------------------------------------
     async def create(self, ctx: RequestContext, req: dict[str, Any]) -> list[tuple[Vm, Operation]]:
@@ -227,6 +229,8 @@ class VmService:
                 )
                 ctx.audit.resource_id = vms[-1].id
                 created = list(zip(vms, ops, strict=True))
+            if req.get("subnet_id") and self.nics is not None:
+                await self.nics.add_primary(uow, ctx, req, [vm for vm, _ in created])
             await uow.commit()
         return created
 
@@ -470,7 +474,7 @@ class VmService:
             check_strength(args["password"])
             return {"password": args["password"], "user": args.get("user") or "root"}
         elif verb == "delete":
-            await self._prepare_delete(uow, vm)
+            await self._prepare_delete(uow, vm, ctx)
         elif verb == "restore":
             await self._prepare_restore(uow, vm)
         return {}
@@ -544,9 +548,11 @@ class VmService:
             "was_running": running,
         }
 
-    async def _prepare_delete(self, uow: UnitOfWork, vm: Vm) -> None:
+    async def _prepare_delete(self, uow: UnitOfWork, vm: Vm, ctx: RequestContext) -> None:
         """To the recycle bin: quota freed now, compute claim freed, disk kept."""
         vm.power_state = "stopped"
+        if self.nics is not None:
+            await self.nics.release_for_vm(uow, ctx, vm)
         await self.quotas.release(uow, vm.tenant_id, "vms", 1)
         await self.quotas.release(uow, vm.tenant_id, "vcpus", vm.vcpus)
         await self.quotas.release(uow, vm.tenant_id, "memory_mib", vm.memory_mib)
