@@ -139,6 +139,7 @@ def alto_up(data_dir: Path, log_path: Path) -> Iterator[str]:
         ALTO_BOOTSTRAP_ADMIN_PASSWORD=ADMIN_PASSWORD,
         ALTO_LOG_LEVEL="warning",
         ALTO_HEARTBEAT_INTERVAL_SECONDS="5",
+        ALTO_NETWORK_DRIVER="sim",  # the guest has no NIC: no lab network to make or leave
     )
     argv = [alto_executable(), "up", "--driver", "qemu", "--port", str(port)]
     argv += ["--data-dir", str(data_dir)]

@@ -103,6 +103,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "shutdown_grace_seconds": 2.0,
         "log_format": "console",
         "driver": "sim",  # never real guests unless a test asks for them
+        "network_driver": "sim",  # nor bridges, namespaces and nftables in the root namespace
         "sim_hosts": 0,
         "sim_timing_scale": 0.0,
         "heartbeat_interval_seconds": 0.2,

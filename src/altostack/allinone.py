@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import secrets
 import shutil
@@ -32,13 +33,15 @@ from altostack.db.models_storage import StoragePool
 from altostack.domain.ids import new_id
 from altostack.drivers.compute.base import ComputeDriver
 from altostack.drivers.compute.local_images import FetchedImage, LocalImageCache
-from altostack.drivers.compute.qemu import QemuComputeDriver
+from altostack.drivers.compute.qemu import NicBackend, QemuComputeDriver
 from altostack.drivers.compute.qemu_host import choose_run_as, host_arch, qemu_binary
 from altostack.drivers.compute.qemu_hotadd import limits
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
 from altostack.drivers.network.base import NetworkDriver
+from altostack.drivers.network.lab import ExternalLab, ensure_external_lab
+from altostack.drivers.network.linux import LinuxNetworkDriver
 from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.storage.hosts import host_storage
@@ -48,6 +51,7 @@ from altostack.services.context import SYSTEM, RequestContext
 
 if TYPE_CHECKING:
     from altostack.bootstrap import Container
+    from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -230,7 +234,7 @@ class ImageStoreSource:
         return FetchedImage(sha256=image.checksum_sha256 or "", format=image.format or "raw")
 
 
-def qemu_driver(c: Container) -> QemuComputeDriver:
+def qemu_driver(c: Container, *, nic_backend: NicBackend = "user") -> QemuComputeDriver:
     """The local host's QEMU driver: VMs and base images under ``<data_dir>/qemu``."""
     state_dir = c.settings.data_dir / "qemu"
     images = LocalImageCache(state_dir / "images", ImageStoreSource(c))
@@ -243,19 +247,53 @@ def qemu_driver(c: Container) -> QemuComputeDriver:
         hostname=socket.gethostname(),
         run_as=run_as,
         hot_add=limits(settings.qemu_hot_add_vcpus, settings.qemu_hot_add_memory_mib),
+        nic_backend=nic_backend,
+        forward_http=nic_backend == "user",
+    )
+
+
+def linux_networking(settings: Settings) -> bool:
+    """Whether the all-in-one programs the kernel (bridges, nftables, namespaces)."""
+    if settings.network_driver == "auto":
+        return os.geteuid() == 0 and shutil.which("nft") is not None
+    return settings.network_driver == "linux"
+
+
+async def lab_network(c: Container, tap_user: str | None) -> LinuxNetworkDriver:
+    """The host's linux data plane and the lab's external network (``alto-ext``): the
+    public pool is reachable from that namespace only, never from the host's uplink."""
+    settings = c.settings
+    net = ipaddress.ip_network(settings.public_pool_cidr)
+    lab = await ensure_external_lab(
+        ExternalLab(
+            namespace=settings.lab_namespace,
+            bridge=settings.external_bridge or "alto-ext0",
+            cidr=str(net),
+            gateway_ip=str(net.network_address + 1),
+        )
+    )
+    log.info("lab external network", namespace=lab.namespace, bridge=lab.bridge, cidr=lab.cidr)
+    return LinuxNetworkDriver(
+        state_dir=settings.data_dir / "network", external_bridge=lab.bridge, tap_user=tap_user
     )
 
 
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:
     """This machine as the cloud's one host, and the test guest as the default image."""
-    driver = qemu_driver(c)
+    linux = linux_networking(c.settings) and bool(c.settings.public_pool_cidr)
+    driver = qemu_driver(c, nic_backend="tap" if linux else "user")
+    network: NetworkDriver
+    if linux:
+        network = await lab_network(c, None if driver.run_as is None else driver.run_as.name)
+    else:
+        network = SimNetworkDriver()
     # Data disks: qcow2 files of a ``local`` pool beside the VMs (or the cluster's Ceph
     # pool), mapped to the usual classes.
     settings = c.settings
     storage = host_storage(
         settings.storage_backend, settings.data_dir / "qemu" / "pool", settings.ceph.model_dump()
     )
-    agent = await _start_agent(c, await _join_token(c, cluster), driver, storage)
+    agent = await _start_agent(c, await _join_token(c, cluster), driver, storage, network=network)
     await ensure_default_pool(c, cluster, c.settings.storage_backend)
     c.placement.invalidate()
     log.info("local QEMU host started", hostname=driver.hostname, accel=driver.accel)

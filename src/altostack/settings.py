@@ -68,6 +68,18 @@ class Settings(BaseSettings):
         description="Bridge of this host's external (public) network, where VPC routers "
         "put their external leg (linux network driver); the all-in-one lab makes one",
     )
+    network_driver: Literal["auto", "linux", "sim"] = Field(
+        "auto",
+        description="VPC data plane of the QEMU all-in-one: linux (bridges, VXLAN, nftables, "
+        "router namespaces, taps for VM NICs; needs root) or sim (VM NICs on user-mode "
+        "networking); auto = linux when running as root",
+    )
+    lab_namespace: str = Field(
+        "alto-ext",
+        max_length=15,
+        description="Namespace standing in for the upstream router of the all-in-one lab's "
+        "external network (clients playing 'the internet' run in it)",
+    )
     public_pool_cidr: str = Field(
         "203.0.113.0/24",
         description="The all-in-one's public IP pool, created on first start ('' for none)",

@@ -40,6 +40,7 @@ def server_env(**extra: str) -> dict[str, str]:
         ALTO_OPERATION_LEASE_SECONDS="2",
         ALTO_WORKER_POLL_SECONDS="0.2",
         ALTO_DRIVER="sim",
+        ALTO_NETWORK_DRIVER="sim",
         ALTO_SIM_HOSTS="0",
         ALTO_LOG_FORMAT="json",
     )

@@ -84,6 +84,8 @@ class Agent:
                 await self._task
         if self._sub is not None:
             await self._sub.unsubscribe()
+        if self.network is not None:
+            await self.network.driver.close()  # what it serves from here (metadata)
 
     async def _beat(self) -> None:
         while True:
