@@ -40,6 +40,7 @@ from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
 from altostack.drivers.errors import ImageNotFound
 from altostack.drivers.network.base import NetworkDriver
+from altostack.drivers.network.hosts import use_linux
 from altostack.drivers.network.lab import ExternalLab, ensure_external_lab
 from altostack.drivers.network.linux import LinuxNetworkDriver
 from altostack.drivers.network.sim import SimNetworkDriver
@@ -51,7 +52,6 @@ from altostack.services.context import SYSTEM, RequestContext
 
 if TYPE_CHECKING:
     from altostack.bootstrap import Container
-    from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -252,13 +252,6 @@ def qemu_driver(c: Container, *, nic_backend: NicBackend = "user") -> QemuComput
     )
 
 
-def linux_networking(settings: Settings) -> bool:
-    """Whether the all-in-one programs the kernel (bridges, nftables, namespaces)."""
-    if settings.network_driver == "auto":
-        return os.geteuid() == 0 and shutil.which("nft") is not None
-    return settings.network_driver == "linux"
-
-
 async def lab_network(c: Container, tap_user: str | None) -> LinuxNetworkDriver:
     """The host's linux data plane and the lab's external network (``alto-ext``): the
     public pool is reachable from that namespace only, never from the host's uplink."""
@@ -280,7 +273,7 @@ async def lab_network(c: Container, tap_user: str | None) -> LinuxNetworkDriver:
 
 async def start_qemu_host(c: Container, cluster: Cluster) -> Agent:
     """This machine as the cloud's one host, and the test guest as the default image."""
-    linux = linux_networking(c.settings) and bool(c.settings.public_pool_cidr)
+    linux = use_linux(c.settings.network_driver) and bool(c.settings.public_pool_cidr)
     driver = qemu_driver(c, nic_backend="tap" if linux else "user")
     network: NetworkDriver
     if linux:

@@ -27,10 +27,12 @@ from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu_host import choose_run_as
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.network.base import NetworkDriver
 from altostack.drivers.network.sim import SimNetworkDriver
 from altostack.drivers.storage.base import StorageDriver
 from altostack.drivers.storage.sim import SimStorageDriver
 from altostack.drivers.timings import SimTimings
+from altostack.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +69,7 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
         from altostack.client import AsyncClient
         from altostack.drivers.compute.qemu import QemuComputeDriver
         from altostack.drivers.compute.qemu_hotadd import limits
+        from altostack.drivers.network.hosts import use_linux
 
         state_dir = options.state_dir or default_state_dir()
         source = HttpImageSource(AsyncClient(options.join_url))
@@ -79,6 +82,7 @@ def build_driver(options: AgentOptions) -> ComputeDriver:
             hostname=options.hostname,
             console_host=options.console_host,
             run_as=run_as,
+            nic_backend="tap" if use_linux(_settings().network_driver) else "user",
             hot_add=limits(
                 int(os.environ.get("ALTO_QEMU_HOT_ADD_VCPUS", "16")),
                 int(os.environ.get("ALTO_QEMU_HOT_ADD_MEMORY_MIB", "65536")),
@@ -93,12 +97,34 @@ def build_storage(options: AgentOptions, driver: ComputeDriver) -> StorageDriver
     if options.driver != "qemu":
         return None
     from altostack.drivers.storage.hosts import host_storage
-    from altostack.settings import Settings
 
     # ALTO_STORAGE_BACKEND=ceph and ALTO_CEPH='{...}' choose the cluster's Ceph pool.
-    settings = Settings()
+    settings = _settings()
     local_dir = (options.state_dir or default_state_dir()) / "pool"
     return host_storage(settings.storage_backend, local_dir, settings.ceph.model_dump())
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def build_network(options: AgentOptions, driver: ComputeDriver) -> NetworkDriver:
+    """The host's VPC data plane: the sim's for sim hosts and where the kernel cannot be
+    programmed; else the linux driver (taps owned by QEMU's user; ALTO_UNDERLAY_IP is the
+    VXLAN address; ALTO_EXTERNAL_BRIDGE the external network of a network host)."""
+    from altostack.drivers.network.hosts import use_linux
+
+    if options.driver == "sim" or not use_linux(_settings().network_driver):
+        return SimNetworkDriver()
+    from altostack.drivers.network.linux import LinuxNetworkDriver
+
+    run_as = getattr(driver, "run_as", None)
+    return LinuxNetworkDriver(
+        state_dir=(options.state_dir or default_state_dir()) / "network",
+        underlay_ip=os.environ.get("ALTO_UNDERLAY_IP") or None,
+        external_bridge=_settings().external_bridge,
+        tap_user=None if run_as is None else run_as.name,
+    )
 
 
 async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, str]:
@@ -137,8 +163,7 @@ async def run(options: AgentOptions) -> None:
             "shared bus: start it with `alto up --bus nats://…` (or pass --bus)"
         )
     bus = connect(bus_url)
-    # The sim host gets the sim network driver; the linux one is wired with its data plane.
-    network = SimNetworkDriver() if options.driver == "sim" else None
+    network = build_network(options, driver)
     agent = Agent(
         host_id,
         bus,
