@@ -409,7 +409,11 @@ class PlacementService:
             # The usual batch: equal VMs on distinct hosts of one cluster. A statement built
             # once, so SQLAlchemy neither rebuilds nor re-keys it for every request.
             uniform = {k: next(iter(v.values())) for k, v in params.items() if k != "ids"}
-            conn = await uow.session.connection()
+            conn = await uow.connection()
+            if len(need) == 1:
+                # One host (every count=1 request): no IN list to expand per execution.
+                one = {"host_id": params["ids"][0], **uniform}
+                return set((await conn.execute(_CLAIM_ONE, one)).scalars().all())
             result = await conn.execute(_CLAIM_UNIFORM, {"ids": params["ids"], **uniform})
             return set(result.scalars().all())
 
@@ -419,7 +423,7 @@ class PlacementService:
         vcpus, memory, disk, gpus = (
             per_host(k) for k in ("n_vcpus", "n_memory", "n_disk", "n_gpus")
         )
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         result = await conn.execute(
             _claim_statement(
                 _HOSTS.c.id.in_(params["ids"]),
@@ -443,7 +447,7 @@ class PlacementService:
         insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         slots = cast(Table, AntiAffinitySlot.__table__)
         stmt: Insert = insert_(slots).values(rows).on_conflict_do_nothing()
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         result = await conn.execute(stmt.returning(slots.c.vm_id))
         return set(result.scalars().all())
 
@@ -451,7 +455,7 @@ class PlacementService:
         self, uow: UnitOfWork, host_id: str, vcpus: int, memory_mib: int, disk_gib: int
     ) -> None:
         h = _HOSTS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(
             update(_HOSTS)
             .where(h.id == host_id)
@@ -520,7 +524,7 @@ class PlacementService:
             return False
         [host_id] = hosts
         g = _GROUPS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         result = await conn.execute(
             update(_GROUPS)
             .where(g.id == group_id, or_(g.host_id.is_(None), g.host_id == host_id))
@@ -535,7 +539,7 @@ class PlacementService:
         if vm.placement_group_id is None or vm.host_id is None:
             return
         g = _GROUPS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(
             update(_GROUPS)
             .where(g.id == vm.placement_group_id, g.policy == "affinity", g.mode == "hard")
@@ -703,15 +707,21 @@ def _claim_statement(
     )
 
 
-_CLAIM_UNIFORM = _claim_statement(
-    _HOSTS.c.id.in_(bindparam("ids", expanding=True)),
-    bindparam("n_vcpus", type_=Integer),
-    bindparam("n_memory", type_=Integer),
-    bindparam("n_disk", type_=Integer),
-    bindparam("n_gpus", type_=Integer),
-    bindparam("n_cpu_ratio", type_=Float),
-    bindparam("n_ram_ratio", type_=Float),
-)
+def _uniform_claim(hosts: ColumnElement[bool]) -> Any:
+    """The claim of equal VMs on ``hosts``: the same amounts for each; built once."""
+    return _claim_statement(
+        hosts,
+        bindparam("n_vcpus", type_=Integer),
+        bindparam("n_memory", type_=Integer),
+        bindparam("n_disk", type_=Integer),
+        bindparam("n_gpus", type_=Integer),
+        bindparam("n_cpu_ratio", type_=Float),
+        bindparam("n_ram_ratio", type_=Float),
+    )
+
+
+_CLAIM_UNIFORM = _uniform_claim(_HOSTS.c.id.in_(bindparam("ids", expanding=True)))
+_CLAIM_ONE = _uniform_claim(_HOSTS.c.id == bindparam("host_id"))
 
 
 def check_group(policy: str, mode: str) -> None:
