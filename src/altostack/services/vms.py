@@ -177,7 +177,7 @@ class VmService:
                 )
             group = None
             if req.get("placement_group_id"):
-                group = await self.placement.load_group(
+                group = await self.placement.read_group(
                     uow, ctx, req["placement_group_id"], "placement-group:read"
                 )
             await self._consume(
