@@ -41,6 +41,17 @@ async def test_hard_anti_affinity_and_explanation(client, owner):
     ).status_code == 409
 
 
+async def test_group_names_are_unique_per_tenant(client, owner):
+    body = {"name": "web", "policy": "anti-affinity", "mode": "soft"}
+    first = await client.post("/v1/placement-groups", json=body, headers=owner)
+    assert first.status_code == 201, first.text
+    assert {k: first.json()[k] for k in ("name", "policy", "mode")} == body
+    again = await client.post("/v1/placement-groups", json={**body, "mode": "hard"}, headers=owner)
+    assert again.status_code == 409 and "'web' already exists" in again.json()["detail"]
+    r = await client.get(f"/v1/placement-groups/{first.json()['id']}", headers=owner)
+    assert r.status_code == 200 and r.json()["mode"] == "soft" and r.json()["vm_ids"] == []
+
+
 async def test_parallel_creates_never_overbook(client, admin, owner, container):
     r = await client.post(
         "/v1/instance-types",

@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from altostack.db.models import (
     ApiKey,
@@ -261,7 +261,7 @@ class IdempotencyRepository:
 
 
 async def take_quotas(
-    session: AsyncSession,
+    conn: AsyncConnection,
     tenant_id: str,
     region: str,
     amounts: Mapping[str, int],
@@ -283,7 +283,7 @@ async def take_quotas(
     for i, resource in enumerate(resources):
         params[f"amount_{i}"] = amounts[resource]
         params[f"default_{i}"] = defaults[resource]
-    conn = await session.connection()  # Core: the ORM's bulk-UPDATE path costs ~0.3 ms
+    # Core on the connection: the ORM's bulk-UPDATE path costs ~0.3 ms.
     result = await conn.execute(_take_quotas_statement(resources), params)
     return set(result.scalars().all())
 
@@ -322,7 +322,10 @@ def _take_quotas_statement(resources: tuple[str, ...]) -> Any:
         .where(
             usage.tenant_id == bindparam("q_tenant_id"),
             usage.region == bindparam("q_region"),
-            usage.resource.in_(resources),
+            # Not ``in_``: its list is expanded at every execution; these values are fixed.
+            or_(
+                *(usage.resource == bindparam(f"resource_{i}", r) for i, r in enumerate(resources))
+            ),
             or_(limit == -1, usage.used + amount <= limit),
         )
         .values(used=usage.used + amount)

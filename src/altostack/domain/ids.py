@@ -27,12 +27,26 @@ PREFIXES = frozenset(
 )  # fmt: skip
 
 
-def _encode(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, rem = divmod(value, 32)
-        chars.append(_ALPHABET[rem])
-    return "".join(reversed(chars))
+# Every pair of characters, indexed by the 10 bits it encodes: a body is 8 lookups
+# instead of 16 divisions (a VM create makes two ids per VM).
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+_TIME_MASK = (1 << 45) - 1  # the nine time characters
+
+
+def _body(ms: int, tail: int) -> str:
+    """Nine characters of ``ms`` then seven of ``tail`` (35 bits), most significant first."""
+    v = ((ms & _TIME_MASK) << _RANDOM_BITS) | tail
+    p = _PAIRS
+    return (
+        p[v >> 70 & 1023]
+        + p[v >> 60 & 1023]
+        + p[v >> 50 & 1023]
+        + p[v >> 40 & 1023]
+        + p[v >> 30 & 1023]
+        + p[v >> 20 & 1023]
+        + p[v >> 10 & 1023]
+        + p[v & 1023]
+    )
 
 
 _RANDOM_BITS = 35
@@ -73,7 +87,7 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
         ms, tail = _next_clock_parts()
     else:
         ms, tail = now_ms, secrets.randbits(_RANDOM_BITS)
-    return f"{prefix}-{_encode(ms, 9)}{_encode(tail, 7)}"
+    return f"{prefix}-{_body(ms, tail)}"
 
 
 def prefix_of(ident: str) -> str:

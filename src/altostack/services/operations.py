@@ -128,7 +128,7 @@ class OperationService:
         ]
         if not rows:
             return []
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(insert(cast(Table, Operation.__table__)), rows)
         new_op = manager_of_class(Operation).new_instance
         ops = []

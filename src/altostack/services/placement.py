@@ -30,9 +30,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import manager_of_class
 
 from altostack.db.database import Database
 from altostack.db.models_compute import AntiAffinitySlot, Cluster, Host, PlacementGroup, Vm
+from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
 from altostack.domain.errors import Conflict, DomainError, InvalidRequest
 from altostack.domain.ids import new_id
@@ -94,30 +96,54 @@ class PlacementService:
         self, ctx: RequestContext, name: str, policy: str, mode: str
     ) -> dict[str, Any]:
         authz.require(ctx, "placement-group:create")
+        row = {
+            "id": new_id("pg"),
+            "tenant_id": ctx.principal.tenant_id,
+            "name": name,
+            "policy": policy,
+            "mode": mode,
+            "host_id": None,
+            "members": 0,
+            "created_at": utcnow(),
+        }
         async with self.db.uow() as uow:
-            exists = await uow.session.scalar(
-                select(PlacementGroup).where(
-                    PlacementGroup.tenant_id == ctx.principal.tenant_id,
-                    PlacementGroup.name == name,
-                )
-            )
-            if exists is not None:
+            # One statement: the (tenant, name) unique key settles a taken name, also
+            # against a concurrent create, instead of a read before the insert.
+            conn = await uow.connection()
+            created = await conn.execute(self._insert_ignoring(_GROUPS).values(row))
+            if created.rowcount != 1:
                 raise Conflict(f"a placement group named {name!r} already exists")
-            group = PlacementGroup(
-                id=new_id("pg"),
-                tenant_id=ctx.principal.tenant_id,
-                name=name,
-                policy=policy,
-                mode=mode,
-            )
-            uow.session.add(group)
             await uow.commit()
+        group: PlacementGroup = manager_of_class(PlacementGroup).new_instance()
+        group.__dict__.update(row)
         return group_view(group)
 
     async def load_group(
         self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
     ) -> PlacementGroup:
         group = await uow.session.get(PlacementGroup, group_id)
+        authz.require(
+            ctx,
+            perm,
+            tenant_id=group.tenant_id if group else None,
+            kind="placement group",
+            ident=group_id,
+        )
+        assert group is not None
+        return group
+
+    async def read_group(
+        self, uow: UnitOfWork, ctx: RequestContext, group_id: str, perm: str
+    ) -> PlacementGroup:
+        """``load_group`` for a reader that only looks at the group (a VM create): its
+        row by primary key as plain columns, not through the ORM's identity map and
+        loading; the object is not tracked by the session."""
+        conn = await uow.connection()
+        row = (await conn.execute(_GROUP_BY_ID, {"group_id": group_id})).first()
+        group: PlacementGroup | None = None
+        if row is not None:
+            group = manager_of_class(PlacementGroup).new_instance()
+            group.__dict__.update(row._mapping)
         authz.require(
             ctx,
             perm,
@@ -409,7 +435,11 @@ class PlacementService:
             # The usual batch: equal VMs on distinct hosts of one cluster. A statement built
             # once, so SQLAlchemy neither rebuilds nor re-keys it for every request.
             uniform = {k: next(iter(v.values())) for k, v in params.items() if k != "ids"}
-            conn = await uow.session.connection()
+            conn = await uow.connection()
+            if len(need) == 1:
+                # One host (every count=1 request): no IN list to expand per execution.
+                one = {"host_id": params["ids"][0], **uniform}
+                return set((await conn.execute(_CLAIM_ONE, one)).scalars().all())
             result = await conn.execute(_CLAIM_UNIFORM, {"ids": params["ids"], **uniform})
             return set(result.scalars().all())
 
@@ -419,7 +449,7 @@ class PlacementService:
         vcpus, memory, disk, gpus = (
             per_host(k) for k in ("n_vcpus", "n_memory", "n_disk", "n_gpus")
         )
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         result = await conn.execute(
             _claim_statement(
                 _HOSTS.c.id.in_(params["ids"]),
@@ -440,18 +470,23 @@ class PlacementService:
         in one statement; returns the VMs that got theirs (a slot another scheduler or a
         restored VM took first is not overwritten)."""
         rows = [{"group_id": group_id, "host_id": h, "vm_id": vm_id} for vm_id, h in placed]
-        insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         slots = cast(Table, AntiAffinitySlot.__table__)
-        stmt: Insert = insert_(slots).values(rows).on_conflict_do_nothing()
-        conn = await uow.session.connection()
+        stmt = self._insert_ignoring(slots).values(rows)
+        conn = await uow.connection()
         result = await conn.execute(stmt.returning(slots.c.vm_id))
         return set(result.scalars().all())
+
+    def _insert_ignoring(self, table: Table) -> Any:
+        """``INSERT … ON CONFLICT DO NOTHING`` in this database's dialect."""
+        insert_: Any = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        stmt: Insert = insert_(table).on_conflict_do_nothing()
+        return stmt
 
     async def _release_claim(
         self, uow: UnitOfWork, host_id: str, vcpus: int, memory_mib: int, disk_gib: int
     ) -> None:
         h = _HOSTS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(
             update(_HOSTS)
             .where(h.id == host_id)
@@ -520,7 +555,7 @@ class PlacementService:
             return False
         [host_id] = hosts
         g = _GROUPS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         result = await conn.execute(
             update(_GROUPS)
             .where(g.id == group_id, or_(g.host_id.is_(None), g.host_id == host_id))
@@ -535,7 +570,7 @@ class PlacementService:
         if vm.placement_group_id is None or vm.host_id is None:
             return
         g = _GROUPS.c
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(
             update(_GROUPS)
             .where(g.id == vm.placement_group_id, g.policy == "affinity", g.mode == "hard")
@@ -670,6 +705,7 @@ class PlacementService:
 # Python per statement and nothing these statements need.
 _HOSTS = cast(Table, Host.__table__)
 _GROUPS = cast(Table, PlacementGroup.__table__)
+_GROUP_BY_ID = select(_GROUPS).where(_GROUPS.c.id == bindparam("group_id"))
 
 
 def _claim_statement(
@@ -703,15 +739,21 @@ def _claim_statement(
     )
 
 
-_CLAIM_UNIFORM = _claim_statement(
-    _HOSTS.c.id.in_(bindparam("ids", expanding=True)),
-    bindparam("n_vcpus", type_=Integer),
-    bindparam("n_memory", type_=Integer),
-    bindparam("n_disk", type_=Integer),
-    bindparam("n_gpus", type_=Integer),
-    bindparam("n_cpu_ratio", type_=Float),
-    bindparam("n_ram_ratio", type_=Float),
-)
+def _uniform_claim(hosts: ColumnElement[bool]) -> Any:
+    """The claim of equal VMs on ``hosts``: the same amounts for each; built once."""
+    return _claim_statement(
+        hosts,
+        bindparam("n_vcpus", type_=Integer),
+        bindparam("n_memory", type_=Integer),
+        bindparam("n_disk", type_=Integer),
+        bindparam("n_gpus", type_=Integer),
+        bindparam("n_cpu_ratio", type_=Float),
+        bindparam("n_ram_ratio", type_=Float),
+    )
+
+
+_CLAIM_UNIFORM = _uniform_claim(_HOSTS.c.id.in_(bindparam("ids", expanding=True)))
+_CLAIM_ONE = _uniform_claim(_HOSTS.c.id == bindparam("host_id"))
 
 
 def check_group(policy: str, mode: str) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, insert, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm.attributes import manager_of_class
 
 from altostack.db.database import Database
@@ -37,20 +38,44 @@ CONSOLE_SECONDS = 300
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BATCH = 10
 MAX_USER_DATA = 1024 * 1024
+M = TypeVar("M")
+
+
+def _column_attrs(model: type[Any]) -> list[tuple[str, Any]]:
+    return [(attr.key, attr.columns[0]) for attr in sa_inspect(model).column_attrs]
+
+
+_ITYPE_COLUMNS = _column_attrs(InstanceType)
+_IMAGE_COLUMNS = _column_attrs(Image)
 
 
 def _type_and_image_statement(by_id: bool) -> Any:
-    """An instance type (by id or by name) and an image in one row; built once."""
-    column = InstanceType.id if by_id else InstanceType.name
+    """An instance type (by id or by name) and an image in one row; built once. Plain
+    columns (Core), not entities: the ORM's loading costs more than the read itself."""
+    types = cast(Table, InstanceType.__table__)
+    images = cast(Table, Image.__table__)
+    column = types.c.id if by_id else types.c.name
     return (
-        select(InstanceType, Image)
-        .join(Image, Image.id == bindparam("image_id"))
+        select(
+            *(c.label(f"t_{key}") for key, c in _ITYPE_COLUMNS),
+            *(c.label(f"i_{key}") for key, c in _IMAGE_COLUMNS),
+        )
+        .select_from(types)
+        .join(images, images.c.id == bindparam("image_id"))
         .where(column == bindparam("type_ref"))
     )
 
 
 _TYPE_AND_IMAGE_BY_ID = _type_and_image_statement(True)
 _TYPE_AND_IMAGE_BY_NAME = _type_and_image_statement(False)
+
+
+def _from_row(model: type[M], columns: Sequence[tuple[str, Any]], values: Sequence[Any]) -> M:
+    """An object with the row's values, as a query would load it, without the ORM's
+    loading machinery; an answer to read, not tracked by the session."""
+    obj: M = manager_of_class(model).new_instance()
+    obj.__dict__.update(zip((key for key, _ in columns), values, strict=True))
+    return obj
 
 
 def vm_view(vm: Vm) -> dict[str, Any]:
@@ -167,7 +192,7 @@ class VmService:
                 )
             group = None
             if req.get("placement_group_id"):
-                group = await self.placement.load_group(
+                group = await self.placement.read_group(
                     uow, ctx, req["placement_group_id"], "placement-group:read"
                 )
             await self._consume(
@@ -239,7 +264,7 @@ class VmService:
         create, or a quota exceeded: the error names it) through ``QuotaService.consume``,
         in the same order as before."""
         taken = await take_quotas(
-            uow.session, tenant_id, self.quotas.region, amounts, self.quotas.defaults
+            await uow.connection(), tenant_id, self.quotas.region, amounts, self.quotas.defaults
         )
         for resource, amount in amounts.items():
             if resource not in taken:
@@ -253,11 +278,14 @@ class VmService:
         resolves them."""
         by_id = type_ref.startswith("itype-")
         stmt = _TYPE_AND_IMAGE_BY_ID if by_id else _TYPE_AND_IMAGE_BY_NAME
-        row = (
-            await uow.session.execute(stmt, {"type_ref": type_ref, "image_id": image_id})
-        ).first()
+        conn = await uow.connection()
+        row = (await conn.execute(stmt, {"type_ref": type_ref, "image_id": image_id})).first()
         if row is not None:
-            return row[0], row[1]
+            n = len(_ITYPE_COLUMNS)
+            return (
+                _from_row(InstanceType, _ITYPE_COLUMNS, row[:n]),
+                _from_row(Image, _IMAGE_COLUMNS, row[n:]),
+            )
         itype = await InstanceTypeService.resolve(uow.session, type_ref)
         return itype, await uow.session.get(Image, image_id)
 
@@ -315,7 +343,7 @@ class VmService:
         bookkeeping, and the VMs as a query would return them: the values in each object's
         ``__dict__``, nothing pending (the constructor's attribute events cost ~20 times
         more). The objects are answers for the caller, not tracked by the session."""
-        conn = await uow.session.connection()
+        conn = await uow.connection()
         await conn.execute(insert(cast(Table, Vm.__table__)), list(rows))
         new_vm = manager_of_class(Vm).new_instance
         vms = []
