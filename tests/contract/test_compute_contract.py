@@ -7,9 +7,11 @@ the interface and the harness hooks, never a backend's internals.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -690,7 +692,11 @@ async def test_live_migration_moves_a_running_vm_and_a_failed_one_stays(
         try:
             await asyncio.sleep(0.5)
             seen: list[MigrationProgress] = []
-            target = await other.driver.prepare_incoming(await d.migration_manifest(spec.id))
+            # The real thing between hosts: the root disk copied while the guest runs.
+            mode = "block" if d.capabilities.block_migration else "shared"
+            manifest = await d.migration_manifest(spec.id, mode=mode)
+            target = await other.driver.prepare_incoming(manifest)
+            assert (target.disks_uri is not None) == (mode == "block")
             result = await d.migrate_vm(
                 spec.id, target, downtime_limit_ms=100, progress=seen.append
             )
@@ -716,6 +722,46 @@ async def test_live_migration_moves_a_running_vm_and_a_failed_one_stays(
         )
         assert lost <= 5, f"{lost} requests lost during the migration"
         await other.driver.stop_vm(spec.id, timeout=30)  # the destination manages it fully
+
+
+async def test_cold_migration_moves_a_stopped_vm_with_its_disk(
+    compute: ComputeHarness, tmp_path: Path
+) -> None:
+    d = compute.driver
+    spec = await _stopped(compute, nics=(_nic(1),))
+    if not d.capabilities.cold_migration:
+        with pytest.raises(NotSupported):
+            await d.export_root_changes(spec.id, tmp_path / "changes")
+        return
+    with pytest.raises(InvalidState) as exc:  # only a stopped VM's disk holds still
+        await d.migration_manifest((await _running(compute)).id, mode="cold")
+    _assert_invalid_state(exc, "running")
+    before = await d.get_vm(spec.id)
+    async with compute.second_host() as other:
+        manifest = await d.migration_manifest(spec.id, mode="cold")
+        with pytest.raises(InvalidSpec):  # a cold manifest is not received live
+            await other.driver.prepare_incoming(manifest)
+        changes = tmp_path / "changes"
+        await d.export_root_changes(spec.id, changes)
+        assert changes.stat().st_size > 0
+        other.faults.inject("receive_stopped", resource_id=spec.id)
+        copy = tmp_path / "copy"
+        shutil.copy(changes, copy)
+        with pytest.raises(BackendFailure, match="injected"):
+            await other.driver.receive_stopped(manifest, copy)
+        assert await other.driver.list_vms() == []  # a failed take-over leaves nothing
+        status = await other.driver.receive_stopped(manifest, changes)
+        assert not changes.exists()  # consumed
+        assert before is not None
+        assert (status.state, status.generation) == ("stopped", before.generation)
+        with pytest.raises(InvalidSpec):  # already there
+            await other.driver.receive_stopped(manifest, copy)
+        await d.delete_vm(spec.id)
+        assert await d.get_vm(spec.id) is None
+        started = await other.driver.start_vm(spec.id)
+        assert started.state == "running"
+        assert await other.guest_sees_nic(spec.id, _nic(1).mac)  # it boots there
+        await other.driver.stop_vm(spec.id, timeout=30)
 
 
 # -- console output and counters --------------------------------------------------------------

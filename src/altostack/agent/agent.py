@@ -25,6 +25,7 @@ from altostack.agent.disk_ops import DiskOps
 from altostack.agent.exports import DiskExports
 from altostack.agent.live_ops import live_handlers
 from altostack.agent.network_ops import NetworkOps
+from altostack.agent.transfer_ops import Transfers
 from altostack.bus import Bus, Message, Subscription
 from altostack.domain.agent_protocol import HEARTBEAT_SUBJECT, agent_subject
 from altostack.drivers.compute.base import ComputeDriver, VmStatus
@@ -57,6 +58,7 @@ class Agent:
         self.bus = bus
         self.compute = compute
         self.exports = DiskExports(compute, storage or compute.root_disk_storage)
+        self.transfers = Transfers(compute, storage or compute.root_disk_storage)
         images = getattr(compute, "images", None)
         self.disks = DiskOps(
             compute, storage or compute.root_disk_storage, getattr(images, "ensure", None)
@@ -225,6 +227,7 @@ class Agent:
             "export_disk": self.exports.begin,
             "read_export": self.exports.read,
             "end_export": self.exports.end,
+            **self.transfers.handlers(),  # cold migration (agent/transfer_ops.py)
             **self.disks.handlers(),  # cloud disks (agent/disk_ops.py)
             **(self.network.handlers() if self.network is not None else {}),
         }

@@ -20,6 +20,7 @@ from altostack.drivers.compute.base import (
     IncomingMigration,
     MigrationManifest,
 )
+from altostack.drivers.errors import InvalidSpec
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -60,7 +61,10 @@ def live_handlers(c: ComputeDriver) -> dict[str, Handler]:
         return {"snapshot": data}
 
     async def migration_manifest(d: dict[str, Any]) -> dict[str, Any]:
-        manifest = await c.migration_manifest(d["vm_id"])
+        mode = d.get("mode", "shared")
+        if mode not in ("shared", "block", "cold"):
+            raise InvalidSpec(f"{mode!r} is not a migration mode")
+        manifest = await c.migration_manifest(d["vm_id"], mode=mode)
         return {"manifest": dataclasses.asdict(manifest)}
 
     async def prepare_incoming(d: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +74,9 @@ def live_handlers(c: ComputeDriver) -> dict[str, Handler]:
 
     async def migrate_vm(d: dict[str, Any]) -> dict[str, Any]:
         t = d["target"]
-        target = IncomingMigration(str(t["vm_id"]), str(t["host"]), str(t["uri"]))
+        disks_uri = t.get("disks_uri")
+        disks = None if disks_uri is None else str(disks_uri)
+        target = IncomingMigration(str(t["vm_id"]), str(t["host"]), str(t["uri"]), disks)
         result = await c.migrate_vm(
             d["vm_id"],
             target,

@@ -34,6 +34,14 @@ ACTIONS = frozenset(
     }
 )
 
+TRANSFER_ACTIONS = frozenset(
+    {
+        "export_root_changes", "read_transfer", "write_transfer", "receive_stopped",
+        "drop_transfer", "volume_extents", "read_volume", "write_volume",
+    }
+)  # fmt: skip
+"""Cold migration: a stopped VM's data copied between hosts (``agent.transfer_ops``)."""
+
 
 LIVE_ACTIONS = frozenset(
     {
@@ -67,6 +75,7 @@ def command(action: str, **fields: Any) -> dict[str, Any]:
         and action not in LIVE_ACTIONS
         and action not in DISK_ACTIONS
         and action not in NETWORK_ACTIONS
+        and action not in TRANSFER_ACTIONS
     ):
         raise ValueError(f"unknown agent action {action!r}")
     return {"action": action, **fields}

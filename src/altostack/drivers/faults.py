@@ -26,7 +26,7 @@ COMPUTE_OPERATIONS = frozenset(
     {
         "create", "start", "stop", "reboot", "resize", "reinstall", "set_password", "console",
         "pause", "resume", "delete", "attach_disk", "detach_disk", "snapshot_disk",
-        "migrate", "prepare_incoming",
+        "migrate", "prepare_incoming", "export_root_changes", "receive_stopped",
     }
 )  # fmt: skip
 STORAGE_OPERATIONS = frozenset(

@@ -107,6 +107,13 @@ class MigrationManifest:
     data: Mapping[str, object] = field(default_factory=dict, hash=False)
 
 
+MigrationMode = Literal["shared", "block", "cold"]
+"""How a VM moves: ``shared`` live, its disks reachable from both hosts (the destination
+opens the same files or RBD images); ``block`` live, the root disk's blocks copied to the
+destination while the guest runs (a mirror over NBD); ``cold`` stopped, the root disk's
+data copied as a file (:meth:`ComputeDriver.export_root_changes`)."""
+
+
 @dataclass(frozen=True)
 class IncomingMigration:
     """A destination ready to receive ``vm_id`` at ``uri`` (JSON-able, goes to the source)."""
@@ -114,6 +121,9 @@ class IncomingMigration:
     vm_id: str
     host: str
     uri: str
+    disks_uri: str | None = None
+    """Block migration: where the destination takes the root disk's blocks
+    (``nbd://host:port/export``); None when the disks are shared."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +319,10 @@ class ComputeCapabilities:
     """``console`` returns a graphical console endpoint."""
     live_disk_snapshot: bool = False
     """``snapshot_disk`` works on a running (or paused) VM."""
+    block_migration: bool = False
+    """``migration_manifest(mode="block")``: a live migration copies the root disk."""
+    cold_migration: bool = False
+    """``export_root_changes`` / ``receive_stopped`` move a stopped VM to another host."""
 
 
 def check_disk_spec(disk: DiskSpec) -> None:
@@ -548,8 +562,11 @@ class ComputeDriver(abc.ABC):
 
     # -- live migration ----------------------------------------------------------------
 
-    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
-        """What a destination needs to receive this running VM (``live_migration``)."""
+    async def migration_manifest(
+        self, vm_id: str, *, mode: MigrationMode = "shared"
+    ) -> MigrationManifest:
+        """What a destination needs to receive this VM: running for ``shared`` and
+        ``block`` (``live_migration``, ``block_migration``), stopped for ``cold``."""
         raise NotSupported("live_migration")
 
     async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
@@ -586,3 +603,21 @@ class ComputeDriver(abc.ABC):
     async def abort_incoming(self, vm_id: str) -> None:
         """Give up receiving ``vm_id``: nothing of it remains here (a no-op if nothing)."""
         raise NotSupported("live_migration")
+
+    # -- cold migration ----------------------------------------------------------------
+
+    async def export_root_changes(self, vm_id: str, target: Path) -> None:
+        """Write to ``target`` what the destination needs of stopped ``vm_id``'s root disk
+        beyond its image (``cold_migration``): the data written since it was created.
+
+        The destination has (or fetches) the same image, so only the difference travels;
+        the file is opaque to the caller, who copies it to the destination as it is.
+        """
+        raise NotSupported("cold_migration")
+
+    async def receive_stopped(self, manifest: MigrationManifest, root_changes: Path) -> VmStatus:
+        """Take a stopped VM over from another host (``cold_migration``): its record from
+        the ``cold`` manifest, its root disk from the source's ``export_root_changes``
+        (consumed). ``InvalidSpec`` when the VM already exists here. The source then
+        deletes its copy; until then both hosts hold the VM, stopped."""
+        raise NotSupported("cold_migration")

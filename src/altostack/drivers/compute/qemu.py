@@ -27,6 +27,7 @@ effect at the guest's next boot.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -40,7 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from altostack.drivers import tools
 from altostack.drivers.compute.base import (
@@ -54,6 +55,7 @@ from altostack.drivers.compute.base import (
     HostInfo,
     IncomingMigration,
     MigrationManifest,
+    MigrationMode,
     MigrationResult,
     NicSpec,
     ProgressCallback,
@@ -102,7 +104,13 @@ from altostack.drivers.compute.qemu_hotadd import (
     check_growth,
     sizing_options,
 )
-from altostack.drivers.compute.qemu_migration import migrate
+from altostack.drivers.compute.qemu_migration import (
+    end_mirror,
+    migrate,
+    mirror_root,
+    serve_root,
+    stop_serving,
+)
 from altostack.drivers.compute.qemu_process import (
     Qmp,
     kill_and_wait,
@@ -153,6 +161,8 @@ QEMU_CAPABILITIES = ComputeCapabilities(
     hot_plug_nic=True,
     live_disk_snapshot=True,
     live_migration=True,
+    block_migration=True,
+    cold_migration=True,
 )
 """Without ``hot_add`` limits: a resize needs a restart (CPU/memory hot-add is opt-in)."""
 UNPLUG_TIMEOUT = 30.0
@@ -1160,21 +1170,31 @@ class QemuComputeDriver(ComputeDriver):
 
     # -- live migration --------------------------------------------------------------------
 
-    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
+    async def migration_manifest(
+        self, vm_id: str, *, mode: MigrationMode = "shared"
+    ) -> MigrationManifest:
         async with self._lock(vm_id):
             observed = await self._require(vm_id)
-            self._require_state(observed, "running")
+            self._require_state(observed, "stopped" if mode == "cold" else "running")
             record, paths = observed.record, self.paths(vm_id)
-            files = [*record.root_layers, paths.seed_iso(record.seed_serial).name]
-            data = {
-                "record": json.loads(record.to_json()),
-                "source_dir": str(paths.dir),
-                "files": files,
-            }
+            data: dict[str, Any] = {"record": json.loads(record.to_json()), "mode": mode}
+            if mode == "shared":
+                data["source_dir"] = str(paths.dir)
+                data["files"] = [*record.root_layers, paths.seed_iso(record.seed_serial).name]
+            else:  # the destination builds its own root disk and seed
+                data["seed"] = read_seed(paths.seed_json).to_json()
+                # The VM's history goes along: its events and its console's recent past.
+                data["history"] = {
+                    name: base64.b64encode(_tail(paths.dir / name, HISTORY_BYTES)).decode()
+                    for name in (paths.events.name, paths.console_log.name)
+                }
             return MigrationManifest(vm_id, self.hostname, data)
 
     async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
         vm_id = manifest.vm_id
+        mode = str(manifest.data.get("mode", "shared"))
+        if mode not in ("shared", "block"):
+            raise InvalidSpec(f"a {mode} migration is not received live")
         try:
             paths = self.paths(vm_id)
         except VmNotFound:
@@ -1183,30 +1203,36 @@ class QemuComputeDriver(ComputeDriver):
             if paths.record.exists() and not paths.incoming.exists():
                 raise InvalidSpec(f"{vm_id} already exists on {self.hostname}")
             self._purge(paths)  # an abandoned earlier attempt
-            record = VmRecord.from_json(json.dumps(manifest.data["record"]))
-            self._check_arch(record.arch)
-            if record.accel != self.accel:
-                raise InvalidSpec(
-                    f"{vm_id} runs under {record.accel}; {self.hostname} uses {self.accel}"
-                )
-            source = Path(str(manifest.data["source_dir"]))
-            files = [str(f) for f in manifest.data["files"]]  # type: ignore[attr-defined]
+            record = self._incoming_record(manifest)
             binary = self._binary()
             paths.dir.mkdir(mode=0o700, parents=True)
             self._give(paths.dir)
-            paths.incoming.touch()
+            paths.incoming.write_text(mode)
             try:
-                port = await self._receive(paths, record, source, files, binary)
+                if mode == "block":
+                    await self._build_disks(paths, record, manifest)
+                    return await self._receive(paths, record, binary, block=True)
+                source = Path(str(manifest.data["source_dir"]))
+                files = [str(f) for f in manifest.data["files"]]  # type: ignore[attr-defined]
+                self._share(paths, source, files)
+                return await self._receive(paths, record, binary, block=False)
             except BaseException:
                 self._purge(paths)
                 raise
-            return IncomingMigration(vm_id, self.hostname, f"tcp:{self.console_host}:{port}")
 
-    async def _receive(
-        self, paths: VmPaths, record: VmRecord, source: Path, files: list[str], binary: str
-    ) -> int:
-        """Take the disks over (hard links: same inodes, shared storage on one machine) and
-        start a QEMU waiting for the state; the port it listens on."""
+    def _incoming_record(self, manifest: MigrationManifest) -> VmRecord:
+        record = VmRecord.from_json(json.dumps(manifest.data["record"]))
+        if record.id != manifest.vm_id:
+            raise InvalidSpec(f"the manifest of {manifest.vm_id} carries {record.id}")
+        self._check_arch(record.arch)
+        if record.accel != self.accel:
+            raise InvalidSpec(
+                f"{record.id} runs under {record.accel}; {self.hostname} uses {self.accel}"
+            )
+        return record
+
+    def _share(self, paths: VmPaths, source: Path, files: list[str]) -> None:
+        """Take the disks over (hard links: same inodes, shared storage on one machine)."""
         for name in files:
             try:
                 os.link(source / name, paths.dir / name)
@@ -1218,6 +1244,33 @@ class QemuComputeDriver(ComputeDriver):
         for name in (paths.events.name, paths.console_log.name, paths.seed_json.name):
             with contextlib.suppress(FileNotFoundError):
                 shutil.copy2(source / name, paths.dir / name)
+
+    async def _build_disks(
+        self, paths: VmPaths, record: VmRecord, manifest: MigrationManifest
+    ) -> Path:
+        """This host's own root disk (an overlay on its copy of the image, which it
+        fetches if needed) and seed ISO for a VM coming from elsewhere; the root disk."""
+        base = await self.images.ensure(record.image_id)
+        self._check_disk(record.root_disk_gib, excluding=record.id)
+        await self._make_root_disk(base, paths.root_disk, record.root_disk_gib)
+        self._give(paths.root_disk)
+        record.root_layers, record.root_node = [paths.root_disk.name], "root"
+        seed = SeedContent.from_json(str(manifest.data["seed"]))
+        await build_seed_iso(seed, paths.seed_iso(record.seed_serial))
+        self._give(paths.seed_iso(record.seed_serial))
+        save_seed_json(seed, paths.seed_json)
+        history = manifest.data.get("history") or {}
+        for name in (paths.events.name, paths.console_log.name):
+            if name in history:  # type: ignore[operator]
+                (paths.dir / name).write_bytes(base64.b64decode(str(history[name])))  # type: ignore[index]
+                self._give(paths.dir / name)
+        return base
+
+    async def _receive(
+        self, paths: VmPaths, record: VmRecord, binary: str, *, block: bool
+    ) -> IncomingMigration:
+        """Start a QEMU waiting for the state (and, for a block migration, serving its
+        root disk over NBD); where the source sends them."""
         self.faults.check("prepare_incoming", record.id)
         async with self._host_lock:
             self._check_memory(record.id, record.memory_mib)
@@ -1229,14 +1282,18 @@ class QemuComputeDriver(ComputeDriver):
             record.vnc_port, record.http_ports, record.root_node = vnc_port, http_ports, "root"
             record.power, record.stopped_by = "running", None
             save_record(paths.record, record)
-            await self._launch(binary, record, incoming=True)
+            await self._launch(binary, record, incoming=True, paused=block)
             port = _free_port()
+            disks_uri = None
             async with self._qmp(paths, record.id) as qmp:
                 await qmp.execute(
                     "set_password", {"protocol": "vnc", "password": secrets.token_urlsafe(6)}
                 )
+                if block:
+                    disks_uri = await serve_root(qmp, self.console_host, _free_port(), "root")
                 await qmp.execute("migrate-incoming", {"uri": f"tcp:{self.console_host}:{port}"})
-            return port
+            uri = f"tcp:{self.console_host}:{port}"
+            return IncomingMigration(record.id, self.hostname, uri, disks_uri)
         finally:
             self._booting.pop(record.id, None)
             self._reserved_ports.discard(vnc_port)
@@ -1251,19 +1308,33 @@ class QemuComputeDriver(ComputeDriver):
         progress: ProgressCallback | None = None,
     ) -> MigrationResult:
         began = time.monotonic()
+        deadline = began + timeout
         async with self._lock(vm_id):
             observed = await self._require(vm_id)
             self._require_state(observed, "running")
-            paths = self.paths(vm_id)
+            paths, record = self.paths(vm_id), observed.record
             async with self._qmp(paths, vm_id) as qmp:
-                info = await migrate(
-                    qmp,
-                    target.uri,
-                    downtime_limit_ms=downtime_limit_ms,
-                    timeout=timeout,
-                    progress=progress,
-                    fault=lambda: self.faults.check("migrate", vm_id),
-                )
+                if target.disks_uri is not None:
+                    # The destination holds the image: only the top layer's data travels,
+                    # unless live snapshots left a chain (then all of it, flattened).
+                    sync = "top" if len(record.root_layers) == 1 else "full"
+                    await mirror_root(
+                        qmp, record.root_node, target.disks_uri, sync=sync, timeout=timeout
+                    )
+                try:
+                    info = await migrate(
+                        qmp,
+                        target.uri,
+                        downtime_limit_ms=downtime_limit_ms,
+                        timeout=max(1.0, deadline - time.monotonic()),
+                        progress=progress,
+                        fault=lambda: self.faults.check("migrate", vm_id),
+                    )
+                finally:
+                    if target.disks_uri is not None:
+                        # After a transfer: a clean end (the copies are equal, the guest
+                        # is paused); after a failure: the copy abandoned, guest runs here.
+                        await asyncio.shield(end_mirror(qmp))
             # The guest runs on the destination now: end this QEMU, forget the VM here.
             if observed.pid is not None:
                 await self._quit(paths, observed.pid)
@@ -1284,6 +1355,7 @@ class QemuComputeDriver(ComputeDriver):
             record = load_record(paths.record)
             if not paths.incoming.exists() or record is None:
                 raise VmNotFound(vm_id)
+            block = paths.incoming.read_text() == "block"
             deadline = time.monotonic() + 30.0
             while True:
                 pid = live_pid(paths.pidfile, str(paths.dir))
@@ -1292,6 +1364,13 @@ class QemuComputeDriver(ComputeDriver):
                 runstate = await self._runstate(paths, vm_id)
                 if runstate == "running":
                     break
+                if block and runstate == "paused":
+                    # The state is in and the source ended its disk copy: stop serving
+                    # the disk, then let the guest run here.
+                    async with self._qmp(paths, vm_id) as qmp:
+                        await stop_serving(qmp)
+                        await qmp.execute("cont")
+                    continue
                 if time.monotonic() > deadline:
                     raise BackendFailure(f"{vm_id} did not start after its migration: {runstate}")
                 await asyncio.sleep(0.02)
@@ -1307,6 +1386,64 @@ class QemuComputeDriver(ComputeDriver):
         async with self._lock(vm_id):
             if paths.incoming.exists():
                 self._purge(paths)
+
+    # -- cold migration -------------------------------------------------------------------
+
+    async def export_root_changes(self, vm_id: str, target: Path) -> None:
+        async with self._lock(vm_id):
+            observed = await self._require(vm_id)
+            self._require_state(observed, "stopped")
+            record = observed.record
+            top = self.paths(vm_id).dir / record.root_layers[-1]
+            base = await self.images.ensure(record.image_id)
+            part = target.with_name(f".{target.name}.part")
+            # -B: the copy is an overlay on the image and holds only the clusters the chain
+            # has above it (the VM's own writes, snapshots folded in): what must travel.
+            argv = ["qemu-img", "convert", "-q", "-O", "qcow2", "-B", str(base), "-F", "qcow2"]
+            try:
+                await tools.check([*argv, str(top), str(part)], timeout=EXPORT_TIMEOUT)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                raise
+            os.replace(part, target)
+
+    async def receive_stopped(self, manifest: MigrationManifest, root_changes: Path) -> VmStatus:
+        if manifest.data.get("mode") != "cold":
+            raise InvalidSpec(f"the manifest of {manifest.vm_id} is not a cold migration's")
+        vm_id = manifest.vm_id
+        try:
+            paths = self.paths(vm_id)
+        except VmNotFound:
+            raise InvalidSpec(f"{vm_id!r} cannot be a VM id on this host") from None
+        async with self._lock(vm_id):
+            if paths.record.exists() and not paths.creating.exists():
+                raise InvalidSpec(f"{vm_id} already exists on {self.hostname}")
+            self._purge(paths)  # an abandoned earlier attempt
+            record = self._incoming_record(manifest)
+            paths.dir.mkdir(mode=0o700, parents=True)
+            self._give(paths.dir)
+            paths.creating.touch()
+            try:
+                base = await self._build_disks(paths, record, manifest)
+                self.faults.check("receive_stopped", vm_id)
+                # The copied changes become the root disk, over this host's image.
+                part = paths.dir / ".root-changes"
+                shutil.move(str(root_changes), part)
+                rebase = ["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2"]
+                await tools.check([*rebase, "-b", str(base), str(part)])
+                os.chmod(part, 0o600)
+                os.replace(part, paths.root_disk)
+                self._give(paths.root_disk)
+                record.power, record.stopped_by = "stopped", "api"
+                record.vnc_port, record.http_ports = None, []
+                save_record(paths.record, record)
+                append_event(paths.events, "migrate-in")
+                paths.creating.unlink()
+            except BaseException:
+                self._purge(paths)
+                raise
+        return self._status(_Observed(record, None, None, "stopped", "api"))
 
     # -- export ----------------------------------------------------------------------------
 
@@ -1366,13 +1503,16 @@ class QemuComputeDriver(ComputeDriver):
             self._machine_type_cache = parse_machine_help(result.stdout) or "pc"
         return self._machine_type_cache
 
-    def _machine(self, record: VmRecord, *, incoming: bool = False) -> QemuMachine:
+    def _machine(
+        self, record: VmRecord, *, incoming: bool = False, paused: bool = False
+    ) -> QemuMachine:
         paths = self.paths(record.id)
         return QemuMachine(
             root_file=paths.dir / record.root_layers[-1],
             disks=tuple(self._reachable(paths, d) for d in record.disks),
             slots=dict(record.pci_slots),
             incoming=incoming,
+            incoming_paused=paused,
             run_as=None if self.run_as is None else self.run_as.name,
             vm_id=record.id,
             paths=paths,
@@ -1397,12 +1537,15 @@ class QemuComputeDriver(ComputeDriver):
             return NicForward(nic, tap=device_name("tap", nic.id))
         return NicForward(nic, http_port)
 
-    async def _launch(self, binary: str, record: VmRecord, *, incoming: bool = False) -> None:
+    async def _launch(
+        self, binary: str, record: VmRecord, *, incoming: bool = False, paused: bool = False
+    ) -> None:
         """Launch QEMU; when another process took the VNC port since it was picked (other
         agents and test runs share the host), pick another and try again."""
         for attempt in range(VNC_RETRIES):
             try:
-                await launch(build_command(binary, self._machine(record, incoming=incoming)).argv)
+                machine = self._machine(record, incoming=incoming, paused=paused)
+                await launch(build_command(binary, machine).argv)
                 return
             except BackendFailure as exc:
                 if "-vnc" not in exc.message or attempt == VNC_RETRIES - 1:
@@ -1523,6 +1666,20 @@ async def _make_overlay(backing_name: str, target: Path, size_gib: int) -> None:
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing_name, "-F", "qcow2"]
     await tools.check([*argv, str(target), f"{size_gib}G"])
     os.chmod(target, 0o600)
+
+
+HISTORY_BYTES = 96 * 1024
+"""How much of a VM's console log and event log travels with it (in one bus message)."""
+
+
+def _tail(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            return f.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _is_file(path: str) -> bool:

@@ -216,6 +216,9 @@ class QemuMachine:
     """PCI slot per device id (NICs and data disks); unlisted devices get QEMU's choice."""
     incoming: bool = False
     """Wait for a live migration (``-incoming defer``) instead of booting."""
+    incoming_paused: bool = False
+    """With ``incoming``: stay paused once the state arrived (a block migration resumes
+    the guest only after the root disk copy has ended)."""
     run_as: str | None = None
     sizing: tuple[QemuOption, ...] = ()
     """``-smp``/``-m`` and devices added live, when the VM can grow while running
@@ -347,7 +350,7 @@ def build_command(binary: str, m: QemuMachine) -> QemuCommand:
     p = m.paths
     add("-pidfile", str(p.pidfile))
     add("-no-shutdown")
-    if not m.incoming:
+    if not m.incoming or m.incoming_paused:
         add("-S")  # a migration destination starts by itself once the state arrived
     add("-msg", Props.of(None, timestamp=True))
     add("-qmp", Props.of(f"unix:{p.qmp_socket}", server=True, wait=False))

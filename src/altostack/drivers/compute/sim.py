@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from altostack.drivers.compute.base import (
@@ -31,6 +33,7 @@ from altostack.drivers.compute.base import (
     HostInfo,
     IncomingMigration,
     MigrationManifest,
+    MigrationMode,
     MigrationProgress,
     MigrationResult,
     NicSpec,
@@ -71,6 +74,8 @@ SIM_CAPABILITIES = ComputeCapabilities(
     live_resize_cpu=True,
     live_resize_memory=True,
     live_migration=True,
+    block_migration=True,
+    cold_migration=True,
     hot_plug_disk=True,
     hot_plug_nic=True,
     pause=True,
@@ -435,11 +440,15 @@ class SimComputeDriver(ComputeDriver):
 
     # -- live migration ----------------------------------------------------------------
 
-    async def migration_manifest(self, vm_id: str) -> MigrationManifest:
-        self._need("live_migration")
-        vm = self.hypervisor.require_state(vm_id, "running")
+    async def migration_manifest(
+        self, vm_id: str, *, mode: MigrationMode = "shared"
+    ) -> MigrationManifest:
+        need = {"shared": "live_migration", "block": "block_migration"}
+        self._need(need.get(mode, "cold_migration"))
+        vm = self.hypervisor.require_state(vm_id, "stopped" if mode == "cold" else "running")
         spec = dataclasses.asdict(vm.spec)
         data: dict[str, Any] = {
+            "mode": mode,
             "spec": spec,
             "vcpus": vm.vcpus,
             "memory_mib": vm.memory_mib,
@@ -454,6 +463,8 @@ class SimComputeDriver(ComputeDriver):
     async def prepare_incoming(self, manifest: MigrationManifest) -> IncomingMigration:
         self._need("live_migration")
         vm_id, data = manifest.vm_id, dict(manifest.data)
+        if data.get("mode", "shared") not in ("shared", "block"):
+            raise InvalidSpec(f"a {data.get('mode')} migration is not received live")
         async with self.hypervisor.lock(vm_id):
             if vm_id in self.hypervisor.ids():
                 raise InvalidSpec(f"{vm_id} already exists on {self.hypervisor.config.hostname}")
@@ -477,7 +488,8 @@ class SimComputeDriver(ComputeDriver):
             host = self.hypervisor.config.hostname
             uri = f"sim://{host}/{id(self.hypervisor):x}/{vm_id}"
             _RECEIVING[uri] = self.hypervisor
-            return IncomingMigration(vm_id, host, uri)
+            disks = f"nbd://{host}/{vm_id}" if data.get("mode") == "block" else None
+            return IncomingMigration(vm_id, host, uri, disks)
 
     async def migrate_vm(
         self,
@@ -528,6 +540,48 @@ class SimComputeDriver(ComputeDriver):
                 return
             _forget(self.hypervisor, vm_id)
             self.hypervisor.remove(vm_id)
+
+    # -- cold migration -------------------------------------------------------------------
+
+    async def export_root_changes(self, vm_id: str, target: Path) -> None:
+        self._need("cold_migration")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "stopped")
+            await self._work("export_root_changes", self.timings.create, vm_id)
+            # The sim's disk has no bytes: the file names what it stands for.
+            text = json.dumps({"vm_id": vm_id, "root_layers": vm.root_layers})
+            await asyncio.to_thread(target.write_text, text)
+
+    async def receive_stopped(self, manifest: MigrationManifest, root_changes: Path) -> VmStatus:
+        self._need("cold_migration")
+        vm_id, data = manifest.vm_id, dict(manifest.data)
+        if data.get("mode") != "cold":
+            raise InvalidSpec(f"the manifest of {vm_id} is not a cold migration's")
+        if json.loads(await asyncio.to_thread(root_changes.read_text)).get("vm_id") != vm_id:
+            raise InvalidSpec(f"{root_changes} holds no disk of {vm_id}")
+        async with self.hypervisor.lock(vm_id):
+            if vm_id in self.hypervisor.ids():
+                raise InvalidSpec(f"{vm_id} already exists on {self.hypervisor.config.hostname}")
+            spec_data: dict[str, Any] = dict(data["spec"])  # type: ignore[call-overload]
+            spec_data["nics"] = tuple(NicSpec(**n) for n in spec_data["nics"])
+            spec = dataclasses.replace(VmSpec(**spec_data), power_state="stopped")
+            self._check_arch(spec)
+            vm = self.hypervisor.begin_create(spec)
+            try:
+                await self._work("receive_stopped", self.timings.create, vm_id)
+                if self.disks is not None:
+                    await self.disks.make(spec)
+            except BaseException:
+                self.hypervisor.remove(vm_id)
+                raise
+            vm.vcpus, vm.memory_mib = int(data["vcpus"]), int(data["memory_mib"])  # type: ignore[call-overload]
+            vm.generation = int(data["generation"])  # type: ignore[call-overload]
+            vm.guest = SimGuest(**data["guest"])  # type: ignore[arg-type]
+            vm.disks = [DiskSpec(**d) for d in data["disks"]]  # type: ignore[attr-defined]
+            vm.root_layers = list(data["root_layers"])  # type: ignore[call-overload]
+            vm.state, vm.stopped_by = "stopped", "api"
+            await asyncio.to_thread(root_changes.unlink)
+            return self._status(vm)
 
     # -- helpers ---------------------------------------------------------------------------
 
