@@ -18,6 +18,7 @@ from altostack.controllers.janitor import Janitor
 from altostack.controllers.network import NetworkController
 from altostack.controllers.network_sync import NetworkSyncController
 from altostack.controllers.registry import OperationContext, OperationRegistry
+from altostack.controllers.vm_migration import MigrationController
 from altostack.controllers.worker import OperationWorker
 from altostack.db.database import Database
 from altostack.db.migrate import upgrade
@@ -199,6 +200,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     network_sync.register(registry)
     network_sync.operations = operations
     compute.network = network_sync.sync_vpcs_of_vm
+    MigrationController(compute, network_sync).register(registry)
     NetworkController(db, quotas, sync=network_sync.sync_vpc).register(registry)
     network = NetworkService(db, operations, quotas)
     nics = NicService(db, operations, quotas, network)

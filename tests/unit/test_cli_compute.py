@@ -634,6 +634,10 @@ def test_vm_actions_send_their_bodies_and_wait(api: FakeApi, alto: Any) -> None:
         ),
         "reset-password": (["--user", "ubuntu"], {"password": "New-1", "user": "ubuntu"}),
         "restore": ([], None),
+        "migrate": (
+            ["--host", "host-2", "--block-migration"],
+            {"block_migration": True, "host_id": "host-2"},
+        ),
     }
     api.on("GET /v1/operations/op-1", ok(op()))
     api.on("GET /v1/vms/vm-1", ok(vm(state="settled")))

@@ -277,6 +277,17 @@ class ResizeArgs(Strict):
     allow_restart: bool = False
 
 
+class MigrateArgs(Strict):
+    host_id: str | None = Field(
+        None, max_length=40, description="the destination (default: the scheduler's choice)"
+    )
+    block_migration: bool = Field(
+        False,
+        description="a running VM: copy its host-local root disk while it runs (required "
+        "for VMs whose root disk is on local storage)",
+    )
+
+
 class PasswordArgs(Strict):
     password: str = Field(min_length=1, max_length=128)
     user: str | None = Field(None, max_length=32)

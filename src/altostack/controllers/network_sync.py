@@ -121,6 +121,8 @@ class NetworkSyncController:
         self.region = region
         self.operations: OperationService | None = None
         """Set by bootstrap: lets :meth:`resync_host` queue pushes."""
+        self._arriving: dict[str, str] = {}
+        """VM → the host it is moving to live (:meth:`arriving`)."""
 
     def register(self, registry: OperationRegistry) -> None:
         for kind in PUSH_KINDS:
@@ -158,6 +160,16 @@ class NetworkSyncController:
         for vpc_id in ctx.input.get("vpc_ids", []):
             results[vpc_id] = await self.sync_vpc(str(vpc_id))
         return {"vpcs": results}
+
+    async def arriving(self, vm_id: str, host_id: str | None) -> None:
+        """A VM is moving live to ``host_id`` (None: no longer): while it moves its ports
+        exist on both hosts, so the destination's QEMU finds its taps and the guest keeps
+        its network the moment it runs there; the VM's VPCs are pushed now."""
+        if host_id is None:
+            self._arriving.pop(vm_id, None)
+        else:
+            self._arriving[vm_id] = host_id
+        await self.sync_vpcs_of_vm(vm_id)
 
     async def sync_vpcs_of_vm(self, vm_id: str) -> list[dict[str, Any]]:
         """Push every VPC the VM has a NIC in (before its host boots it); returns the
@@ -263,6 +275,12 @@ class NetworkSyncController:
                 _Port(r[0], r[0].vm_id or "", r[1] or "", r[2], list(r[3] or []), r[4])
                 for r in rows
             ]
+            # A VM moving live has its ports on its destination too (not twice in DHCP).
+            placed = ports + [
+                dataclasses.replace(p, host_id=self._arriving[p.vm_id])
+                for p in ports
+                if self._arriving.get(p.vm_id) not in (None, p.host_id)
+            ]
             groups = list(
                 (await s.scalars(select(SecurityGroup).where(SecurityGroup.vpc_id == vpc.id))).all()
             )
@@ -280,7 +298,7 @@ class NetworkSyncController:
                 (await s.scalars(select(NatRule).where(NatRule.vpc_id == vpc.id))).all()
             )
             network_host = await self._network_host(uow) if subnets else None
-            host_ids = {p.host_id for p in ports} | ({network_host} if network_host else set())
+            host_ids = {p.host_id for p in placed} | ({network_host} if network_host else set())
             underlay = {
                 h.id: h.underlay_ip
                 for h in (await s.scalars(select(Host).where(Host.id.in_(host_ids)))).all()
@@ -294,7 +312,7 @@ class NetworkSyncController:
             peers = tuple(ip for h, ip in underlay.items() if h != host_id and ip is not None)
             plan = HostPlan(host_id, NetworkSpec(id=vpc_id, vni=vni, cidr=cidr, peers=peers))
             used: set[str] = set()
-            for p in ports:
+            for p in placed:
                 if p.host_id == host_id:
                     sg = tuple(p.nic.security_group_ids or [])
                     plan.ports.append(PortSpec(p.nic.id, vpc_id, p.nic.mac, p.nic.private_ip, sg))

@@ -33,6 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "console": frozenset({"running"}),
     "delete": frozenset({"running", "stopped", "error", "pending"}),
     "restore": frozenset({"deleted"}),
+    "migrate": frozenset({"running", "stopped"}),
 }
 
 # verb → states in which it has nothing left to do
@@ -50,6 +51,7 @@ DURING: dict[str, str] = {
     "reinstall": "reinstalling",
     "resize": "resizing",
     "delete": "deleting",
+    "migrate": "migrating",
 }
 
 

@@ -700,6 +700,108 @@ class PlacementService:
         self.invalidate()
         return bool(getattr(result, "rowcount", 0))
 
+    async def claim_elsewhere(
+        self, uow: UnitOfWork, vm: Vm, *, target: str | None, same_cluster: bool
+    ) -> Claim:
+        """Room for ``vm`` on another host (a migration): on ``target``, or where the
+        planner puts it (in the VM's cluster when ``same_cluster``). The VM keeps its
+        current claim until it has moved; a hard anti-affinity group gets a second slot,
+        on the new host (held as :func:`moving_slot` until the move is done), so no other
+        member lands on either host meanwhile. NoCapacity or
+        Conflict (naming why) when there is no such room."""
+        await self.refresh()  # a migration is rare: plan on the database's numbers
+        group = None
+        if vm.placement_group_id is not None:
+            found = await uow.session.get(PlacementGroup, vm.placement_group_id)
+            if found is not None and found.mode == "hard":
+                group = found
+        if group is not None and group.policy == "affinity":
+            raise Conflict(
+                f"VM {vm.id} is in hard affinity group {group.name!r}: its members must "
+                "share a host, so it cannot move alone",
+                extra={"placement_group_id": group.id},
+            )
+        source = self._hosts.get(vm.host_id or "")
+        request = PlacementRequest(
+            request_id=f"{vm.id}:migrate",
+            vcpus=vm.vcpus,
+            memory_mib=vm.memory_mib,
+            disk_gib=vm.root_disk_gib,
+            arch=cast(Any, vm.arch),
+            cluster_id=source.cluster_id if same_cluster and source else None,
+            group=GroupView(group.id, "anti-affinity", "hard") if group else None,
+            exclude_hosts=frozenset({vm.host_id or ""}),
+        )
+        if target is not None:
+            host = self._hosts.get(target)
+            why = None
+            if host is None:
+                why = f"there is no host {target}"
+            elif target == vm.host_id:
+                why = f"VM {vm.id} already runs on host {target}"
+            elif host.arch != vm.arch:
+                why = f"host {target} is {host.arch}; VM {vm.id} is {vm.arch}"
+            elif request.cluster_id is not None and host.cluster_id != request.cluster_id:
+                why = f"host {target} is in another cluster; a live migration stays in one"
+            if why is not None:
+                raise InvalidRequest.for_field("host_id", why)
+            candidates = [target]
+        else:
+            candidates = []
+            tried: set[str] = set(request.exclude_hosts)
+            for _ in range(MAX_ATTEMPTS):
+                plan = self.planner.plan(
+                    replace(request, exclude_hosts=frozenset(tried)),
+                    self._host_list,
+                    self._clusters,
+                )
+                if plan.host_id is None:
+                    if not candidates:
+                        raise NoCapacity(
+                            plan.explanation, extra={"rejections": dict(plan.rejections)}
+                        )
+                    break
+                candidates.append(plan.host_id)
+                tried.add(plan.host_id)
+        for host_id in candidates:
+            host = self._hosts[host_id]
+            if not await self._claim(uow, host, request, vm.id, None):
+                continue
+            claim = Claim(host.id, host.cluster_id, vm.vcpus, vm.memory_mib, vm.root_disk_gib, 0)
+            if group is None or await self._take_slots(
+                uow, group.id, [(moving_slot(vm.id), host.id)]
+            ):
+                self.invalidate()
+                return claim
+            await self.release_on(uow, claim)
+        raise Conflict(
+            f"no room for VM {vm.id} on {', '.join(candidates)}: short of capacity, not up "
+            "and enabled, or holding a member of its hard anti-affinity group",
+            extra={"hosts": candidates},
+        )
+
+    async def release_on(self, uow: UnitOfWork, claim: Claim) -> None:
+        """Give back a claim's capacity only (a migration's other host: slots are kept
+        or dropped by the caller)."""
+        await uow.session.execute(
+            update(Host)
+            .where(Host.id == claim.host_id)
+            .values(
+                vcpus_used=Host.vcpus_used - claim.vcpus,
+                memory_mib_used=Host.memory_mib_used - claim.memory_mib,
+                disk_gib_used=Host.disk_gib_used - claim.disk_gib,
+                gpus_used=Host.gpus_used - claim.gpus,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self.invalidate()
+
+
+def moving_slot(vm_id: str) -> str:
+    """The holder of a moving VM's anti-affinity slot on its destination (a VM holds one
+    slot; during a migration it needs both)."""
+    return f"{vm_id}>"
+
 
 # Claims are Core statements on the table: the ORM's bulk-UPDATE path adds ~0.3 ms of
 # Python per statement and nothing these statements need.

@@ -33,6 +33,7 @@ from altostack.services.operations import OperationService
 from altostack.services.passwords import check_strength
 from altostack.services.placement import Claim, PlacementService
 from altostack.services.quotas import QuotaService
+from altostack.services.vm_migration import prepare_migration
 
 CONSOLE_SECONDS = 300
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -505,6 +506,8 @@ class VmService:
             await self._prepare_delete(uow, vm, ctx)
         elif verb == "restore":
             await self._prepare_restore(uow, vm)
+        elif verb == "migrate":
+            return await prepare_migration(uow, ctx, vm, args, self.placement)
         return {}
 
     async def _prepare_reinstall(

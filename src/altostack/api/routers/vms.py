@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from altostack.api.compute_schemas import (
     Console,
+    MigrateArgs,
     PasswordArgs,
     PlacementGroupCreate,
     PlacementGroupList,
@@ -199,6 +200,21 @@ async def resize_vm(id: str, body: ResizeArgs, ctx: Ctx, c: C) -> VmAccepted:
     """Grow a running VM live where its host can; shrinking a running VM (or a host that
     cannot hot-add) needs ``allow_restart``."""
     return await _act(c, ctx, id, "resize", body.model_dump())
+
+
+@router.post(
+    "/v1/vms/{id}/actions/migrate",
+    status_code=202,
+    response_model=VmAccepted,
+    name="vm.migrate",
+    openapi_extra=permission("vm:migrate"),
+    responses=PROBLEMS,
+)
+async def migrate_vm(id: str, body: MigrateArgs, ctx: Ctx, c: C) -> VmAccepted:
+    """Move the VM to another host (platform administrators): live when it runs, cold
+    (disks copied, it stays stopped) when it is stopped. It shows ``migrating`` until
+    done; on failure it stays where it was, as it was."""
+    return await _act(c, ctx, id, "migrate", body.model_dump())
 
 
 @router.post(

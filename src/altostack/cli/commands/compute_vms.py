@@ -34,7 +34,9 @@ from altostack.cli.waiting import (
 )
 from altostack.client import OperationFailed, path_of
 
-vms = typer.Typer(help="Virtual machines: create, power, resize, reinstall, delete, restore.")
+vms = typer.Typer(
+    help="Virtual machines: create, power, resize, reinstall, migrate, delete, restore."
+)
 groups = typer.Typer(help="Placement groups: keep VMs apart (anti-affinity) or together.")
 recycle_bin = typer.Typer(help="Deleted VMs, kept for a while before they are purged.")
 
@@ -367,6 +369,32 @@ def vm_resize(
     """Change a VM's instance type (grows live where the host can)."""
     body = {"instance_type": type_, "allow_restart": allow_restart}
     _act(ctx, vm_id, "resize", body, no_wait=no_wait, timeout=timeout, output=output)
+
+
+@vms.command("migrate")
+def vm_migrate(
+    ctx: typer.Context,
+    vm_id: str,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Destination host id (default: scheduler)")
+    ] = None,
+    block_migration: Annotated[
+        bool,
+        typer.Option(
+            "--block-migration",
+            help="Copy a running VM's host-local root disk while it runs (needed to move "
+            "a running VM whose root disk is local)",
+        ),
+    ] = False,
+    no_wait: NoWaitOption = False,
+    timeout: WaitTimeoutOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Move a VM to another host (administrators): live when running, cold when stopped."""
+    body: dict[str, object] = {"block_migration": block_migration}
+    if host:
+        body["host_id"] = host
+    _act(ctx, vm_id, "migrate", body, no_wait=no_wait, timeout=timeout, output=output)
 
 
 @vms.command("reset-password")
