@@ -12,7 +12,7 @@ run: deps
 	$(VENV)/bin/alto up
 
 test: deps lint typecheck imports
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 system-deps:
 	@./scripts/install-system-deps

@@ -185,6 +185,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
         recycle_seconds=settings.recycle_seconds,
     )
     compute.register(registry)
+    compute.quotas = quotas
     ImageExportController(compute, images, max_attempts=settings.operation_max_attempts).register(
         registry
     )

@@ -764,6 +764,40 @@ async def test_cold_migration_moves_a_stopped_vm_with_its_disk(
         await other.driver.stop_vm(spec.id, timeout=30)
 
 
+async def test_root_disk_snapshots_live_and_stopped(compute: ComputeHarness) -> None:
+    d = compute.driver
+    spec = await _running(compute)
+    if not d.capabilities.root_snapshots:
+        with pytest.raises(NotSupported):
+            await d.snapshot_root(spec.id, "snap-a")
+        return
+    await d.snapshot_root(spec.id, "snap-a")  # live: the guest goes on
+    await d.snapshot_root(spec.id, "snap-a")  # the same id again: nothing new
+    await d.snapshot_root(spec.id, "snap-b")
+    assert await d.list_root_snapshots(spec.id) == ["snap-a", "snap-b"]
+    status = await d.get_vm(spec.id)
+    assert status is not None and status.state == "running"
+    with pytest.raises(InvalidState) as exc:  # a running guest would see its disk change
+        await d.rollback_root(spec.id, "snap-a")
+    _assert_invalid_state(exc, "running")
+    await d.delete_root_snapshot(spec.id, "snap-b")  # live delete
+    await d.delete_root_snapshot(spec.id, "snap-b")  # gone already: fine
+    await d.stop_vm(spec.id, timeout=30)
+    await d.snapshot_root(spec.id, "snap-c")  # stopped
+    with pytest.raises(InvalidSpec):
+        await d.rollback_root(spec.id, "snap-nope")
+    compute.faults.inject("rollback_root", resource_id=spec.id)
+    with pytest.raises(BackendFailure, match="injected"):
+        await d.rollback_root(spec.id, "snap-a")
+    await d.rollback_root(spec.id, "snap-a")
+    assert await d.list_root_snapshots(spec.id) == ["snap-a", "snap-c"]  # all kept
+    await d.delete_root_snapshot(spec.id, "snap-c")
+    assert await d.list_root_snapshots(spec.id) == ["snap-a"]
+    assert (await d.start_vm(spec.id)).state == "running"  # it boots from the rolled back disk
+    with pytest.raises(InvalidSpec):
+        await d.snapshot_root(spec.id, "bad/name")
+
+
 # -- console output and counters --------------------------------------------------------------
 
 

@@ -144,6 +144,26 @@ def test_a_guest_moves_live_with_its_disk_and_back_cold() -> None:
             marks = _guest(state_dir[first], vm_id, "cat /root/mark1 /root/mark2").split()
             assert marks == ["before-live", "before-cold"]
 
+            # A root disk snapshot while it runs; a later write is undone by a rollback.
+            r = http.post("/v1/snapshots", json={"vm_id": vm_id, "name": "before-mark3"})
+            assert r.status_code == 202, r.text
+            snap_id = r.json()["snapshot"]["id"]
+            assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
+            _guest(state_dir[first], vm_id, "echo after-snapshot > /root/mark3; sync")
+            r = http.post(f"/v1/snapshots/{snap_id}/actions/rollback")
+            assert r.status_code == 409, r.text  # not under a running guest
+            r = http.post(f"/v1/vms/{vm_id}/actions/stop")
+            assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
+            r = http.post(f"/v1/snapshots/{snap_id}/actions/rollback")
+            assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
+            r = http.post(f"/v1/vms/{vm_id}/actions/start")
+            assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
+            _wait(lambda: len(READY.findall(console())) == 3, GUEST_TIMEOUT, "the third boot")
+            files = _guest(state_dir[first], vm_id, "ls /root").split()
+            assert "mark1" in files and "mark2" in files and "mark3" not in files, files
+            r = http.delete(f"/v1/snapshots/{snap_id}")  # live delete
+            assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
+
             r = http.delete(f"/v1/vms/{vm_id}")
             assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
         except BaseException:

@@ -92,6 +92,18 @@ def live_handlers(c: ComputeDriver) -> dict[str, Handler]:
         await c.abort_incoming(d["vm_id"])
         return {}
 
+    async def snapshot_root(d: dict[str, Any]) -> dict[str, Any]:
+        await c.snapshot_root(d["vm_id"], str(d["snapshot_id"]))
+        return {"snapshots": await c.list_root_snapshots(d["vm_id"])}
+
+    async def rollback_root(d: dict[str, Any]) -> dict[str, Any]:
+        await c.rollback_root(d["vm_id"], str(d["snapshot_id"]))
+        return {}
+
+    async def delete_root_snapshot(d: dict[str, Any]) -> dict[str, Any]:
+        await c.delete_root_snapshot(d["vm_id"], str(d["snapshot_id"]))
+        return {"snapshots": await c.list_root_snapshots(d["vm_id"])}
+
     handlers: dict[str, Handler] = {
         "attach_disk": attach_disk,
         "detach_disk": detach_disk,
@@ -102,5 +114,8 @@ def live_handlers(c: ComputeDriver) -> dict[str, Handler]:
         "migrate_vm": migrate_vm,
         "finish_incoming": finish_incoming,
         "abort_incoming": abort_incoming,
+        "snapshot_root": snapshot_root,
+        "rollback_root": rollback_root,
+        "delete_root_snapshot": delete_root_snapshot,
     }
     return handlers

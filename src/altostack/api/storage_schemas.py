@@ -103,14 +103,16 @@ class DiskAccepted(BaseModel):
 
 
 class SnapshotCreate(Strict):
-    disk_id: str = Field(max_length=40)
+    disk_id: str | None = Field(None, max_length=40, description="a data disk")
+    vm_id: str | None = Field(None, max_length=40, description="a VM's root disk")
     name: str = Field(min_length=1, max_length=64)
 
 
 class SnapshotOut(BaseModel):
     id: str
     tenant_id: str
-    disk_id: str
+    disk_id: str | None
+    vm_id: str | None = None
     name: str
     size_gib: int
     state: str

@@ -24,7 +24,8 @@ from altostack.db.types import utcnow
 from altostack.domain.agent_protocol import PERMANENT_CODES, agent_subject, command
 from altostack.domain.operations import PermanentError, TemporaryError
 from altostack.services.placement import Claim, PlacementService
-from altostack.services.vms import claim_of
+from altostack.services.quotas import QuotaService
+from altostack.services.vms import claim_of, drop_root_snapshots
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,8 @@ class ComputeController:
         self.max_attempts = max_attempts
         self.recycle_seconds = recycle_seconds
         self.network: NetworkHook | None = None
+        self.quotas: QuotaService | None = None
+        """Set by bootstrap: a purge gives back the quota of the root disk's snapshots."""
 
     def register(self, registry: OperationRegistry) -> None:
         for kind, handler in {
@@ -314,6 +317,8 @@ class ComputeController:
                 await uow.session.execute(
                     delete(AntiAffinitySlot).where(AntiAffinitySlot.vm_id == vm.id)
                 )
+                if self.quotas is not None:  # its root disk went, and the snapshots in it
+                    await drop_root_snapshots(uow, row, self.quotas)
                 await uow.session.delete(row)
                 await uow.commit()
         return {"purged": True}

@@ -114,6 +114,13 @@ class DiskController:
                 await uow.commit()
 
     async def _rollback_failed(self, ctx: OperationContext, reason: str) -> None:
+        if ctx.input.get("vm_id"):  # a root disk: the snapshot is still good, the VM stopped
+            async with self.db.uow() as uow:
+                snap = await uow.session.get(Snapshot, ctx.resource_id)
+                if snap is not None:
+                    snap.state, snap.reason = "available", f"the last rollback failed: {reason}"
+                    await uow.commit()
+            return
         await self._set(ctx.input.get("disk_id"), state="error", reason=reason)
 
     async def _disk(self, disk_id: str | None) -> Disk:
@@ -245,8 +252,29 @@ class DiskController:
             raise PermanentError(f"snapshot {snap_id} no longer exists", "NotFound")
         return snap
 
+    async def _vm_host(self, vm_id: str | None) -> str:
+        """The host of the VM whose root disk a snapshot is of."""
+        async with self.db.uow(write=False) as uow:
+            vm = await uow.session.get(Vm, vm_id) if vm_id else None
+        if vm is None or not vm.host_id:
+            raise PermanentError(f"VM {vm_id} no longer exists on a host", "NotFound")
+        return vm.host_id
+
+    async def _snapshot_ready(self, snap_id: str, size_gib: int | None = None) -> None:
+        async with self.db.uow() as uow:
+            row = await uow.session.get(Snapshot, snap_id)
+            if row is not None:
+                row.state, row.reason = "available", None
+                row.size_gib = size_gib or row.size_gib
+                await uow.commit()
+
     async def snapshot(self, ctx: OperationContext) -> dict[str, Any]:
         snap = await self._snap(ctx.resource_id)
+        if snap.vm_id is not None:  # a root disk: the compute driver keeps it
+            host = await self._vm_host(snap.vm_id)
+            await self._call(host, "snapshot_root", vm_id=snap.vm_id, snapshot_id=snap.id)
+            await self._snapshot_ready(snap.id)
+            return {"snapshot_id": snap.id}
         disk = await self._disk(snap.disk_id)
         reply = await self._call(
             await self.host_for(disk),
@@ -268,8 +296,18 @@ class DiskController:
             snap = await uow.session.get(Snapshot, ctx.resource_id) if ctx.resource_id else None
         if snap is None:
             return {"deleted": True}
-        disk = await self._disk(snap.disk_id)
-        await self._call(await self.host_for(disk), "delete_volume_snapshot", snapshot_id=snap.id)
+        if snap.vm_id is not None:
+            await self._call(
+                await self._vm_host(snap.vm_id),
+                "delete_root_snapshot",
+                vm_id=snap.vm_id,
+                snapshot_id=snap.id,
+            )
+        else:
+            disk = await self._disk(snap.disk_id)
+            await self._call(
+                await self.host_for(disk), "delete_volume_snapshot", snapshot_id=snap.id
+            )
         async with self.db.uow() as uow:
             row = await uow.session.get(Snapshot, snap.id)
             if row is not None:
@@ -286,6 +324,15 @@ class DiskController:
 
     async def rollback(self, ctx: OperationContext) -> dict[str, Any]:
         snap = await self._snap(ctx.resource_id)
+        if snap.vm_id is not None:
+            await self._call(
+                await self._vm_host(snap.vm_id),
+                "rollback_root",
+                vm_id=snap.vm_id,
+                snapshot_id=snap.id,
+            )
+            await self._snapshot_ready(snap.id)
+            return {"vm_id": snap.vm_id}
         disk = await self._disk(snap.disk_id)
         reply = await self._call(
             await self.host_for(disk), "rollback_volume", volume_id=disk.id, snapshot_id=snap.id

@@ -86,11 +86,15 @@ class Snapshot(Base):
     __table_args__ = (
         Index("ix_snapshots_tenant", "tenant_id", "id"),
         Index("ix_snapshots_disk", "disk_id"),
+        Index("ix_snapshots_vm", "vm_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(40))
-    disk_id: Mapped[str] = mapped_column(String(40))
+    disk_id: Mapped[str | None] = mapped_column(String(40))
+    """The data disk it is of; None for a VM's root disk (``vm_id``)."""
+    vm_id: Mapped[str | None] = mapped_column(String(40))
+    """The VM whose root disk it is of (root disks are not ``disk-…`` resources)."""
     name: Mapped[str] = mapped_column(String(64))
     size_gib: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default="creating")

@@ -47,6 +47,7 @@ LIVE_ACTIONS = frozenset(
     {
         "attach_disk", "detach_disk", "list_disks", "snapshot_disk", "migration_manifest",
         "prepare_incoming", "migrate_vm", "finish_incoming", "abort_incoming",
+        "snapshot_root", "rollback_root", "delete_root_snapshot",
     }
 )  # fmt: skip
 """Disks, snapshots and live migration (``altostack.agent.live_ops``)."""

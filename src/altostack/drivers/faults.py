@@ -27,6 +27,7 @@ COMPUTE_OPERATIONS = frozenset(
         "create", "start", "stop", "reboot", "resize", "reinstall", "set_password", "console",
         "pause", "resume", "delete", "attach_disk", "detach_disk", "snapshot_disk",
         "migrate", "prepare_incoming", "export_root_changes", "receive_stopped",
+        "snapshot_root", "rollback_root", "delete_root_snapshot",
     }
 )  # fmt: skip
 STORAGE_OPERATIONS = frozenset(

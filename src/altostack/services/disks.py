@@ -185,6 +185,13 @@ class DiskService:
                 raise Conflict(
                     f"snapshot {snap.id} is {snap.state}", extra={"current_state": snap.state}
                 )
+            if snap.vm_id is not None:
+                raise Conflict(
+                    f"snapshot {snap.id} is of VM {snap.vm_id}'s root disk, which lives with "
+                    "its VM: roll the VM back to it, or make an image of the VM "
+                    "(actions/export-image) to start new disks or VMs from",
+                    extra={"vm_id": snap.vm_id},
+                )
             parent = await uow.session.get(Disk, snap.disk_id)
             if parent is None or parent.state == "deleted":
                 raise Conflict(f"the disk of snapshot {snap.id} is in the recycle bin or gone")

@@ -1,6 +1,11 @@
 """Snapshots (``snap-…``) of disks: create (crash-consistent while the VM runs), list per
 disk, roll back, delete; a new disk from one is ``POST /v1/disks {"snapshot_id"}``.
 
+A VM's root disk is not a ``disk-…`` resource (its host's compute driver keeps it), so its
+snapshots name the VM instead (``{"vm_id"}``): kept inside the root disk by the driver,
+same limit per VM, rolled back only while the VM is stopped, gone with a reinstall (a new
+root disk) or the VM's purge.
+
 The per-disk limit is a conditional UPDATE of the disk's ``snapshot_count`` (``< limit``),
 and the tenant's ``snapshots`` quota one of its usage row, both in the request's
 transaction: twenty concurrent requests on one disk can never leave more than the limit.
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from altostack.db.database import Database
 from altostack.db.models import Operation
@@ -34,6 +39,7 @@ def snapshot_view(snap: Snapshot) -> dict[str, Any]:
         "id": snap.id,
         "tenant_id": snap.tenant_id,
         "disk_id": snap.disk_id,
+        "vm_id": snap.vm_id,
         "name": snap.name,
         "size_gib": snap.size_gib,
         "state": snap.state,
@@ -67,6 +73,58 @@ class SnapshotService:
         )
         assert snap is not None
         return snap
+
+    async def create_any(
+        self, ctx: RequestContext, disk_id: str | None, vm_id: str | None, name: str
+    ) -> dict[str, Any]:
+        """Of a data disk or of a VM's root disk: exactly one of the two."""
+        authz.require(ctx, "snapshot:create")
+        if vm_id is not None and disk_id is None:
+            return await self.create_of_root(ctx, vm_id, name)
+        if disk_id is not None and vm_id is None:
+            return await self.create(ctx, disk_id, name)
+        raise InvalidRequest.for_field("disk_id", "give exactly one of disk_id and vm_id")
+
+    async def create_of_root(self, ctx: RequestContext, vm_id: str, name: str) -> dict[str, Any]:
+        """A snapshot of ``vm_id``'s root disk (running or stopped). The VM's row is
+        locked while its snapshots are counted, so concurrent requests keep the limit."""
+        authz.require(ctx, "snapshot:create")
+        async with self.db.uow() as uow:
+            vm = await uow.session.get(Vm, vm_id, with_for_update=True)
+            if vm is None or not authz.visible(ctx.principal, vm.tenant_id):
+                raise InvalidRequest.for_field("vm_id", f"no VM {vm_id}")
+            if vm.state not in ("running", "stopped") or not vm.host_id:
+                raise Conflict(
+                    f"cannot snapshot the root disk of VM {vm.id}: it is {vm.state}",
+                    extra={"current_state": vm.state},
+                )
+            limit = self.per_disk_limit
+            count = await uow.session.scalar(
+                select(func.count()).select_from(Snapshot).where(Snapshot.vm_id == vm.id)
+            )
+            if (count or 0) >= limit:
+                raise Conflict(
+                    f"the root disk of VM {vm.id} already has {limit} snapshots, the limit "
+                    "per disk; delete one first",
+                    extra={"limit": limit, "vm_id": vm.id},
+                )
+            await self.quotas.consume(uow, vm.tenant_id, "snapshots", 1)
+            snap = Snapshot(
+                id=new_id("snap"),
+                tenant_id=vm.tenant_id,
+                disk_id=None,
+                vm_id=vm.id,
+                name=name,
+                size_gib=vm.root_disk_gib,
+                state="creating",
+            )
+            uow.session.add(snap)
+            op = self.operations.create(
+                uow, ctx, "snapshot.create", resource_type="snapshot", resource_id=snap.id,
+                input={"vm_id": vm.id},
+            )  # fmt: skip
+            await uow.commit()
+        return {"operation": op, "snapshot": snap}
 
     async def create(self, ctx: RequestContext, disk_id: str, name: str) -> dict[str, Any]:
         authz.require(ctx, "snapshot:create")
@@ -114,6 +172,7 @@ class SnapshotService:
         ctx: RequestContext,
         *,
         disk_id: str | None = None,
+        vm_id: str | None = None,
         tenant_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -125,6 +184,8 @@ class SnapshotService:
             where.append(Snapshot.tenant_id == target)
         if disk_id:
             where.append(Snapshot.disk_id == disk_id)
+        if vm_id:
+            where.append(Snapshot.vm_id == vm_id)
         async with self.db.uow(write=False) as uow:
             return await page_of(uow.session, Snapshot, where, limit=limit, cursor=cursor)
 
@@ -153,6 +214,8 @@ class SnapshotService:
                     f"cannot roll back to snapshot {snap.id}: it is {snap.state}",
                     extra={"current_state": snap.state},
                 )
+            if snap.vm_id is not None:
+                return snap, await self._rollback_root(uow, ctx, snap)
             disk = await uow.session.get(Disk, snap.disk_id, with_for_update=True)
             assert disk is not None
             check_state(disk, "rollback")
@@ -173,3 +236,23 @@ class SnapshotService:
             )  # fmt: skip
             await uow.commit()
         return snap, op
+
+    async def _rollback_root(
+        self, uow: UnitOfWork, ctx: RequestContext, snap: Snapshot
+    ) -> Operation:
+        """The VM must be stopped; the snapshot shows ``restoring`` meanwhile, which keeps
+        the VM from starting until its disk is back."""
+        vm = await uow.session.get(Vm, snap.vm_id, with_for_update=True)
+        if vm is None or vm.state != "stopped":
+            state = vm.state if vm else "gone"
+            raise Conflict(
+                f"cannot roll back the root disk of VM {snap.vm_id}: it is {state}; stop it first",
+                extra={"current_state": state, "vm_id": snap.vm_id},
+            )
+        snap.state = "restoring"
+        op = self.operations.create(
+            uow, ctx, "snapshot.rollback", resource_type="snapshot", resource_id=snap.id,
+            input={"vm_id": vm.id},
+        )  # fmt: skip
+        await uow.commit()
+        return op

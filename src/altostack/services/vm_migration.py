@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from altostack.db.models_compute import Host, Vm
-from altostack.db.models_storage import Disk, StoragePool
+from altostack.db.models_storage import Disk, Snapshot, StoragePool
 from altostack.db.uow import UnitOfWork
 from altostack.domain.errors import Conflict, InvalidRequest, PermissionDenied
 from altostack.services.context import RequestContext
@@ -52,6 +52,13 @@ async def prepare_migration(
     if source is None:
         raise Conflict(f"VM {vm.id} has no host to move from", extra={"current_state": vm.state})
     local_disks = await _local_data_disks(uow, vm.id)
+    snaps = list(await uow.session.scalars(select(Snapshot.id).where(Snapshot.vm_id == vm.id)))
+    if snaps:
+        raise Conflict(
+            f"VM {vm.id}'s root disk has snapshots ({', '.join(snaps)}), kept inside it on "
+            f"host {source.id}; a move does not carry them: delete them first",
+            extra={"current_state": vm.state, "snapshot_ids": snaps},
+        )
     if live:
         need = "block_migration" if block else "live_migration"
         if not source.capabilities.get(need):

@@ -10,14 +10,14 @@ import re
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select
+from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm.attributes import manager_of_class
 
 from altostack.db.database import Database
 from altostack.db.models import Operation
 from altostack.db.models_compute import Host, Image, InstanceType, PlacementGroup, Vm
-from altostack.db.models_storage import Disk
+from altostack.db.models_storage import Disk, Snapshot
 from altostack.db.repositories import Page, page_of, take_quotas
 from altostack.db.types import utcnow
 from altostack.db.uow import UnitOfWork
@@ -117,6 +117,17 @@ def claim_of(vm: Vm) -> Claim:
     )
 
 
+async def drop_root_snapshots(uow: UnitOfWork, vm: Vm, quotas: QuotaService) -> list[str]:
+    """The root disk is going (reinstall, purge): so are its snapshots, and their quota.
+    Which ones is said in the operation, as users are warned (PRODUCT trap: reinstall
+    deletes system-disk snapshots)."""
+    ids = list(await uow.session.scalars(select(Snapshot.id).where(Snapshot.vm_id == vm.id)))
+    if ids:
+        await uow.session.execute(delete(Snapshot).where(Snapshot.vm_id == vm.id))
+        await quotas.release(uow, vm.tenant_id, "snapshots", len(ids))
+    return ids
+
+
 async def _no_disk_rolling_back(uow: UnitOfWork, vm: Vm) -> None:
     """A guest must not start on a disk that a snapshot rollback is rewriting."""
     busy = await uow.session.scalar(
@@ -126,6 +137,14 @@ async def _no_disk_rolling_back(uow: UnitOfWork, vm: Vm) -> None:
         raise Conflict(
             f"cannot start VM {vm.id}: its disk {busy} is being rolled back to a snapshot",
             extra={"current_state": vm.state, "disk_id": busy},
+        )
+    restoring = await uow.session.scalar(
+        select(Snapshot.id).where(Snapshot.vm_id == vm.id, Snapshot.state == "restoring").limit(1)
+    )
+    if restoring is not None:
+        raise Conflict(
+            f"cannot start VM {vm.id}: its root disk is being rolled back to {restoring}",
+            extra={"current_state": vm.state, "snapshot_id": restoring},
         )
 
 
@@ -526,7 +545,12 @@ class VmService:
             )
         vm.image_id = image.id
         vm.power_state = "stopped"
-        return {"image_id": image.id, "password": args.get("password")}
+        dropped = await drop_root_snapshots(uow, vm, self.quotas)
+        return {
+            "image_id": image.id,
+            "password": args.get("password"),
+            "dropped_snapshots": dropped,
+        }
 
     async def _prepare_resize(
         self, uow: UnitOfWork, ctx: RequestContext, vm: Vm, args: dict[str, Any]

@@ -259,8 +259,9 @@ async def restore_disk(id: str, ctx: Ctx, c: C) -> DiskAccepted:
 async def create_snapshot(
     body: SnapshotCreate, ctx: Ctx, c: C, response: Response
 ) -> SnapshotAccepted:
-    """Crash-consistent while the VM runs; 409 past the per-disk limit."""
-    out = await c.snapshots.create(ctx, body.disk_id, body.name)
+    """Of a data disk (``disk_id``) or a VM's root disk (``vm_id``): crash-consistent
+    while the VM runs; 409 past the per-disk limit."""
+    out = await c.snapshots.create_any(ctx, body.disk_id, body.vm_id, body.name)
     response.headers["Location"] = f"/v1/snapshots/{out['snapshot'].id}"
     return _snap_accepted(out["snapshot"], out["operation"])
 
@@ -277,10 +278,16 @@ async def list_snapshots(
     c: C,
     page: Paging,
     disk_id: Annotated[str | None, Query(max_length=40)] = None,
+    vm_id: Annotated[str | None, Query(max_length=40, description="root disk of")] = None,
     tenant_id: Annotated[str | None, Query(max_length=40, description="admins only")] = None,
 ) -> ListOf[SnapshotOut]:
     found = await c.snapshots.list(
-        ctx, disk_id=disk_id, tenant_id=tenant_id, limit=page.limit, cursor=page.cursor
+        ctx,
+        disk_id=disk_id,
+        vm_id=vm_id,
+        tenant_id=tenant_id,
+        limit=page.limit,
+        cursor=page.cursor,
     )
     return ListOf[SnapshotOut](
         items=[SnapshotOut.model_validate(snapshot_view(s)) for s in found.items],

@@ -323,6 +323,8 @@ class ComputeCapabilities:
     """``migration_manifest(mode="block")``: a live migration copies the root disk."""
     cold_migration: bool = False
     """``export_root_changes`` / ``receive_stopped`` move a stopped VM to another host."""
+    root_snapshots: bool = False
+    """``snapshot_root`` and friends: named point-in-time copies kept inside the root disk."""
 
 
 def check_disk_spec(disk: DiskSpec) -> None:
@@ -603,6 +605,27 @@ class ComputeDriver(abc.ABC):
     async def abort_incoming(self, vm_id: str) -> None:
         """Give up receiving ``vm_id``: nothing of it remains here (a no-op if nothing)."""
         raise NotSupported("live_migration")
+
+    # -- root disk snapshots -----------------------------------------------------------
+
+    async def snapshot_root(self, vm_id: str, snapshot_id: str) -> None:
+        """Keep the root disk as it is now under ``snapshot_id`` (``root_snapshots``):
+        crash-consistent while the VM runs. Idempotent per id; the VM is not disturbed."""
+        raise NotSupported("root_snapshots")
+
+    async def rollback_root(self, vm_id: str, snapshot_id: str) -> None:
+        """Put the root disk back as it was at ``snapshot_id`` (a stopped VM only:
+        ``InvalidState`` otherwise). The snapshot and all others stay."""
+        raise NotSupported("root_snapshots")
+
+    async def delete_root_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        """Forget ``snapshot_id`` (its blocks merge away); running or not; a missing one
+        is fine."""
+        raise NotSupported("root_snapshots")
+
+    async def list_root_snapshots(self, vm_id: str) -> list[str]:
+        """The ids of the root disk's snapshots, oldest first."""
+        raise NotSupported("root_snapshots")
 
     # -- cold migration ----------------------------------------------------------------
 

@@ -76,6 +76,7 @@ SIM_CAPABILITIES = ComputeCapabilities(
     live_migration=True,
     block_migration=True,
     cold_migration=True,
+    root_snapshots=True,
     hot_plug_disk=True,
     hot_plug_nic=True,
     pause=True,
@@ -345,6 +346,7 @@ class SimComputeDriver(ComputeDriver):
             installs = vm.guest.installs
             vm.guest = guest_from_spec(spec)
             vm.guest.installs = installs + 1
+            vm.root_snapshots.clear()  # a new root disk: the old one's snapshots went with it
             vm.spec, vm.vcpus, vm.memory_mib = spec, spec.vcpus, spec.memory_mib
             vm.state, vm.stopped_by = "stopped", "api"
             vm.generation = spec.generation
@@ -540,6 +542,45 @@ class SimComputeDriver(ComputeDriver):
                 return
             _forget(self.hypervisor, vm_id)
             self.hypervisor.remove(vm_id)
+
+    # -- root disk snapshots ---------------------------------------------------------------
+
+    async def snapshot_root(self, vm_id: str, snapshot_id: str) -> None:
+        self._need("root_snapshots")
+        if not DEVICE_ID.fullmatch(snapshot_id):
+            raise InvalidSpec(f"{snapshot_id!r} cannot name a snapshot")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "running", "paused", "stopped")
+            if snapshot_id in vm.root_snapshots:
+                return
+            await self._work("snapshot_root", self.timings.snapshot_disk, vm_id)
+            vm.root_snapshots[snapshot_id] = dataclasses.replace(
+                vm.guest, passwords=dict(vm.guest.passwords)
+            )
+
+    async def rollback_root(self, vm_id: str, snapshot_id: str) -> None:
+        self._need("root_snapshots")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require_state(vm_id, "stopped")
+            kept = vm.root_snapshots.get(snapshot_id)
+            if kept is None:
+                raise InvalidSpec(f"VM {vm_id}'s root disk has no snapshot {snapshot_id}")
+            await self._work("rollback_root", self.timings.snapshot_disk, vm_id)
+            boots = vm.guest.boots
+            # The disk goes back, not time (nor the boot count).
+            vm.guest = dataclasses.replace(kept, boots=boots, passwords=dict(kept.passwords))
+
+    async def delete_root_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        self._need("root_snapshots")
+        async with self.hypervisor.lock(vm_id):
+            vm = self.hypervisor.require(vm_id)
+            if snapshot_id in vm.root_snapshots:
+                await self._work("delete_root_snapshot", 0.0, vm_id)
+                del vm.root_snapshots[snapshot_id]
+
+    async def list_root_snapshots(self, vm_id: str) -> list[str]:
+        self._need("root_snapshots")
+        return list(self.hypervisor.require(vm_id).root_snapshots)
 
     # -- cold migration -------------------------------------------------------------------
 

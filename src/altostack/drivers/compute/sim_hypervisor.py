@@ -88,6 +88,8 @@ class SimVm:
     """Attached data disks."""
     root_layers: list[str] = field(default_factory=lambda: ["root.qcow2"])
     """The root disk's chain, base first: the last one takes the writes."""
+    root_snapshots: dict[str, SimGuest] = field(default_factory=dict)
+    """Root disk snapshots: the guest's installed state as each one kept it."""
     console_log: deque[str] = field(default_factory=lambda: deque(maxlen=CONSOLE_LINES))
     """The serial console, one line per item, across boots."""
 
