@@ -201,6 +201,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Container:
     network_sync.register(registry)
     network_sync.operations = operations
     compute.network = network_sync.sync_vpcs_of_vm
+    network_sync.nics_changed = compute.nics_changed
     MigrationController(compute, network_sync).register(registry)
     NetworkController(db, quotas, sync=network_sync.sync_vpc).register(registry)
     network = NetworkService(db, operations, quotas)

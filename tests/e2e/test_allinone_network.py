@@ -3,9 +3,10 @@
 A VPC and subnet, a VM on it (its NIC a tap on the VPC bridge): the guest takes its
 reserved address by DHCP from the VPC router's dnsmasq and reads its metadata; an elastic
 IP makes its HTTP server reachable from the lab's "internet" namespace, and unbinding
-stops that. The lab namespace and bridge have names of their own; whatever the test made
-(routers, bridges, taps, the host's nftables table, the lab, QEMU) is removed at the end,
-also on failure.
+stops that; an elastic NIC attached to the running guest appears in it, and leaves. The
+lab namespace and bridge have names of their own; whatever the test made (routers,
+bridges, taps, the host's nftables table, the lab, QEMU) is removed at the end, also on
+failure.
 """
 
 from __future__ import annotations
@@ -177,6 +178,19 @@ async def test_a_guest_on_a_vpc_gets_dhcp_metadata_and_an_elastic_ip(cloud) -> N
         base = "http://169.254.169.254/latest/meta-data"
         got = await sh.run(f"wget -qO- {base}/instance-id; echo; wget -qO- {base}/public-ipv4")
     assert vm["id"] in got and eip["address"] in got, got
+
+    # An elastic NIC attached to the running VM is hot-plugged: the guest sees its MAC;
+    # detached, it goes away again.
+    extra = (await client.post("/v1/nics", json={"subnet_id": subnet["id"]})).json()
+    await _op(client, await client.post(f"/v1/nics/{extra['id']}/actions/attach",
+                                        json={"vm_id": vm["id"]}))  # fmt: skip
+    macs = "cat /sys/class/net/*/address"
+    async with SerialConsole.login(paths, "root", PASSWORD) as sh:
+        assert extra["mac"] in await sh.run(macs)
+    await _op(client, await client.post(f"/v1/nics/{extra['id']}/actions/detach"))
+    async with SerialConsole.login(paths, "root", PASSWORD) as sh:
+        seen = await sh.run(macs)
+    assert extra["mac"] not in seen and nic["mac"] in seen, seen
 
     r = await client.post(f"/v1/eips/{eip['id']}/actions/unbind")
     await _op(client, r)

@@ -127,6 +127,12 @@ async def _converged(client, headers, container, vpc_id: str) -> None:
     raise AssertionError("the VPC's push never converged")
 
 
+def _guest_nics(container, vm_id: str) -> list[str]:
+    """The NICs the VM's hypervisor gave it (what the guest sees)."""
+    host = next(h for h in container.sim_hypervisors.values() if h.find(vm_id))
+    return [n.id for n in host.find(vm_id).spec.nics]
+
+
 async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) -> None:
     vpc, subnet = await _network(client, owner)
     planes = _planes(container)
@@ -172,6 +178,7 @@ async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) 
     attached = (await _ok(client, owner, r))["nic"]
     assert (attached["vm_id"], attached["device_index"]) == (a["id"], 1)
     assert nic["id"] in planes[a["host_id"]].ports
+    assert nic["id"] in _guest_nics(container, a["id"])  # hot-plugged into the running VM
     r = await client.post(
         f"/v1/nics/{nic['id']}/actions/attach", json={"vm_id": b["id"]}, headers=owner
     )
@@ -188,6 +195,8 @@ async def test_elastic_nics_attach_move_and_the_limit(client, owner, container) 
     )
     moved = (await _ok(client, owner, r))["nic"]
     assert (moved["mac"], moved["private_ip"]) == (nic["mac"], nic["private_ip"])
+    assert nic["id"] not in _guest_nics(container, a["id"])  # unplugged from a
+    assert nic["id"] in _guest_nics(container, b["id"])
     assert nic["id"] in planes[b["host_id"]].ports and nic["id"] not in planes[a["host_id"]].ports
     # Primary NICs stay with their VM.
     primary = (await client.get(f"/v1/nics?vm_id={a['id']}", headers=owner)).json()["items"][0]

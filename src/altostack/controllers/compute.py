@@ -169,6 +169,17 @@ class ComputeController:
         spec = vm_spec(vm, power_state=power_state, nics=nics)
         return await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
 
+    async def nics_changed(self, vm_id: str) -> dict[str, Any]:
+        """Give the VM its current NICs: hot-plugged into a running guest (or unplugged),
+        recorded for the next start of a stopped one. A VM that is not running or stopped
+        (being created, moved, deleted) gets them from the operation doing that."""
+        async with self.db.uow(write=False) as uow:
+            vm = await uow.session.get(Vm, vm_id)
+        if vm is None or not vm.host_id or vm.state not in ("running", "stopped"):
+            return {"state": vm.state if vm else "gone"}
+        reply = await self.ensure(vm, None)
+        return await self._observe(vm.id, reply["status"])
+
     async def _observe(
         self, vm_id: str, status: dict[str, Any] | None, **changes: Any
     ) -> dict[str, Any]:

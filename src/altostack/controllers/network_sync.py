@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,9 @@ class NetworkSyncController:
         self.region = region
         self.operations: OperationService | None = None
         """Set by bootstrap: lets :meth:`resync_host` queue pushes."""
+        self.nics_changed: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        """Set by bootstrap: hands a VM its NICs after one was attached or detached
+        (``ComputeController.nics_changed``)."""
         self._arriving: dict[str, str] = {}
         """VM → the host it is moving to live (:meth:`arriving`)."""
 
@@ -159,6 +163,11 @@ class NetworkSyncController:
         results = {}
         for vpc_id in ctx.input.get("vpc_ids", []):
             results[vpc_id] = await self.sync_vpc(str(vpc_id))
+        vm_id = ctx.input.get("vm_id")
+        if ctx.kind in ("nic.attach", "nic.detach") and vm_id and self.nics_changed:
+            # The port is ready on the host (or gone): now the guest gets (or loses) the
+            # device, hot-plugged when it runs, at its next start when it is stopped.
+            return {"vpcs": results, "vm": await self.nics_changed(str(vm_id))}
         return {"vpcs": results}
 
     async def arriving(self, vm_id: str, host_id: str | None) -> None:

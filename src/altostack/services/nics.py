@@ -315,7 +315,7 @@ class NicService:
             slot = await self._take_slot(uow, nic, vm)
             op = await queue_push(
                 uow, self.operations, ctx, [nic.vpc_id], kind="nic.attach",
-                resource_type="nic", resource_id=nic.id,
+                resource_type="nic", resource_id=nic.id, extra={"vm_id": vm.id},
             )  # fmt: skip
             await uow.commit()
         view = nic_view(nic) | {"vm_id": vm.id, "device_index": slot, "state": "bound"}
@@ -374,10 +374,11 @@ class NicService:
                     f"{nic.id} is the primary NIC of VM {nic.vm_id}; it cannot be detached",
                     extra={"current_state": nic.state},
                 )
+            vm_id = nic.vm_id
             nic.vm_id, nic.slot, nic.state = None, None, "unbound"
             op = await queue_push(
                 uow, self.operations, ctx, [nic.vpc_id], kind="nic.detach",
-                resource_type="nic", resource_id=nic.id,
+                resource_type="nic", resource_id=nic.id, extra={"vm_id": vm_id},
             )  # fmt: skip
             await uow.commit()
         return {"operation": operation_view(op), "nic": nic_view(nic)}

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +31,23 @@ from altostack.drivers.compute.qemu_cmdline import (
 )
 from altostack.drivers.compute.qemu_process import Qmp
 from altostack.drivers.errors import BackendFailure, DriverError, DriverTimeout
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+def open_tap(name: str) -> int:
+    """An open descriptor on the existing tap ``name`` (in this thread's namespace), with
+    the flags QEMU itself uses (no packet info, virtio-net headers)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+        fcntl.ioctl(fd, _TUNSETIFF, ifr)
+    except OSError as exc:
+        os.close(fd)
+        raise BackendFailure(f"cannot open tap {name}: {exc}") from exc
+    return fd
+
 
 UNPLUG_RETRY = 3.0
 """Seconds between ``device_del`` requests while the guest has not released the device."""
@@ -57,7 +77,19 @@ async def unplug_disk(qmp: Qmp, disk: DiskSpec, *, timeout: float) -> None:
 
 async def plug_nic(qmp: Qmp, forward: NicForward, slots: Mapping[str, int]) -> None:
     _, netdev = nic_ids(forward.nic)
-    await qmp.execute("netdev_add", nic_netdev_args(forward))
+    args = nic_netdev_args(forward)
+    if forward.tap is not None:
+        # A running QEMU has dropped its privileges (-runas, -sandbox): it cannot open
+        # /dev/net/tun itself any more. The agent opens the tap and hands QEMU the open
+        # descriptor (SCM_RIGHTS + ``getfd``), as it would have opened it at launch.
+        fd = open_tap(forward.tap)
+        try:
+            qmp.client.send_fd_scm(fd)
+            await qmp.execute("getfd", {"fdname": netdev})
+        finally:
+            os.close(fd)
+        args = {"type": "tap", "id": netdev, "fd": netdev}
+    await qmp.execute("netdev_add", args)
     try:
         await qmp.execute("device_add", nic_device_args(forward.nic, slots))
     except BaseException:
