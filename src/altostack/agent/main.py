@@ -48,6 +48,8 @@ class AgentOptions:
     sim_timing_scale: float = 1.0
     state_dir: Path | None = None
     console_host: str = "127.0.0.1"
+    netns: str | None = None
+    """Run in this network namespace (a simulated host of a lab on one machine)."""
 
 
 def default_state_dir() -> Path:
@@ -155,6 +157,10 @@ async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, s
 
 
 async def run(options: AgentOptions) -> None:
+    if options.netns:  # before any thread or child exists: they all inherit it
+        from altostack.drivers.network import linux_netns
+
+        linux_netns.enter(options.netns)
     driver = build_driver(options)
     host_id, bus_url = await register(options, driver)
     if bus_url.startswith("memory://"):

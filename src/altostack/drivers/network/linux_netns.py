@@ -94,6 +94,18 @@ async def run_in(name: str | None, work: Callable[[], T]) -> T:
 _CLONE_NEWNET = 0x40000000
 
 
+def enter(name: str) -> None:
+    """Move the calling thread into namespace ``name`` for good: a process calls it first
+    thing, so every thread and child it starts after lives there (a lab's host on one
+    machine). Unlike ``ip netns exec`` it keeps the mount namespace, so the namespaces the
+    process names (routers) are everyone's to see."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
 def _setns(fd: int) -> None:
     """``setns(2)`` for this thread (``os.setns`` arrives only with Python 3.12)."""
     libc = ctypes.CDLL(None, use_errno=True)
