@@ -334,14 +334,19 @@ async def test_vcpus_and_memory_grow_live_when_the_host_allows(tmp_path: Path) -
         async with SerialConsole.login(driver.paths(spec.id), "root", "Grow-secret-1") as shell:
             # The guest kernel sees the new CPU and memory at once; onlining them is the
             # guest's policy (udev in cloud images), done by hand here.
-            assert (await shell.run("cat /sys/devices/system/cpu/present")).strip() == "0-1"
+            present = await shell.run("cat /sys/devices/system/cpu/present")
+            assert "0-1" in present.split(), present
             await shell.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
             await shell.run(
                 "for m in /sys/devices/system/memory/memory*/state; do "
                 'grep -q offline "$m" && echo online > "$m"; done'
             )
-            assert (await shell.run("grep -c ^processor /proc/cpuinfo")).strip() == "2"
-            total_kib = int((await shell.run("grep MemTotal /proc/meminfo")).split()[1])
+            online = await shell.run("echo cpus=$(grep -c ^processor /proc/cpuinfo)")
+            assert "cpus=2" in online, online
+            meminfo = await shell.run("grep MemTotal /proc/meminfo")
+            found = re.search(r"MemTotal:\s+(\d+)", meminfo)
+            assert found is not None, meminfo
+            total_kib = int(found.group(1))
             assert total_kib > 400 * 1024, total_kib  # 256 MiB at boot + 256 MiB added
         # What was added is on the command line a migration destination would use.
         devices = driver.command(spec.id).props("-device")
