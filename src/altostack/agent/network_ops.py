@@ -102,7 +102,11 @@ class NetworkOps:
             if self._stale(vpc_id, generation):
                 return {"generation": self.generations[vpc_id], "applied": False}
             drv = self.driver
+            import structlog as _sl
+            _log = _sl.get_logger("netops.debug")
+            _log.info("apply step", step="network", vpc=vpc_id)
             await drv.ensure_network(network)
+            _log.info("apply step", step="groups", vpc=vpc_id)
             for group in groups:
                 await drv.ensure_security_group(group)
             wanted = {p.id for p in ports}
@@ -110,12 +114,18 @@ class NetworkOps:
                 if existing.id not in wanted:
                     await drv.delete_port(existing.id)
             for port in ports:
+                _log.info("apply step", step="port", port=port.id)
                 await drv.ensure_port(port)
             if router is not None:
+                _log.info("apply step", step="router", vpc=vpc_id)
                 await drv.ensure_router(router)
+                _log.info("apply step", step="router done", vpc=vpc_id)
             else:
+                _log.info("apply step", step="delete router", vpc=vpc_id)
                 await drv.delete_router(vpc_id)
+            _log.info("apply step", step="prune", vpc=vpc_id)
             await self._prune_groups()
+            _log.info("apply step", step="done", vpc=vpc_id, generation=generation)
             self.generations[vpc_id] = generation
         return {"generation": generation, "applied": True}
 
