@@ -179,14 +179,14 @@ def test_a_vpc_across_two_hosts_with_real_guests() -> None:
                         agent.wait(timeout=10)
             server.kill()
             kill_qemus_under(root)
-            asyncio.run(_remove_routers(root / "mh-a" / "network", host_a, lab))
-            if os.environ.get("ALTO_KEEP_LOGS"):
+            if os.environ.get("ALTO_KEEP_LOGS"):  # before the routers (dnsmasq.log) go
                 shutil.copytree(
                     root,
                     os.environ["ALTO_KEEP_LOGS"],
                     dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("*.qcow2", "*.sock", "*.iso"),
                 )
+            asyncio.run(_remove_routers(root / "mh-a" / "network", host_a, lab))
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -103,6 +103,7 @@ class NetworkOps:
                 return {"generation": self.generations[vpc_id], "applied": False}
             drv = self.driver
             import structlog as _sl
+
             _log = _sl.get_logger("netops.debug")
             _log.info("apply step", step="network", vpc=vpc_id)
             await drv.ensure_network(network)
