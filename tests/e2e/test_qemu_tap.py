@@ -23,12 +23,18 @@ import pytest
 from altostack.drivers.compute.base import NicSpec, VmSpec
 from altostack.drivers.compute.local_images import LocalImageCache
 from altostack.drivers.compute.qemu import QemuComputeDriver
+from altostack.drivers.network.base import device_name
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import GUEST_TIMEOUT, SerialConsole, guest_image, kill_qemus_under
 from tests.e2e.test_qemu_guest import _wait_ready
 from tests.support.netns import host_namespace
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
+
+
+def tap_name(port_id: str) -> str:
+    return device_name("tap", port_id)
+
 
 GUEST_IP, ROUTER_IP, MAC = "10.77.0.42", "10.77.0.1", "52:54:00:77:00:42"
 
@@ -39,17 +45,19 @@ async def qemu_driver() -> AsyncIterator[QemuComputeDriver]:
     try:
         images = LocalImageCache(root / "images")
         images.add("img-test", guest_image())
-        yield QemuComputeDriver(root / "state", images, hostname="tap-host")
+        yield QemuComputeDriver(
+            root / "state", images, hostname="tap-host", nic_backend="tap", forward_http=False
+        )
     finally:
         kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _bridge_with_tap(namespace: str) -> Iterator[str]:
-    """A bridge in this namespace with a tap and a veth whose far end is in ``namespace``."""
+def _bridge_with_tap(namespace: str, tap: str) -> Iterator[str]:
+    """A bridge in this namespace with ``tap`` and a veth whose far end is in ``namespace``."""
     tag = secrets.token_hex(3)
-    bridge, tap, veth, peer = f"altbr{tag}", f"altap{tag}", f"altv{tag}", f"altp{tag}"
+    bridge, veth, peer = f"altbr{tag}", f"altv{tag}", f"altp{tag}"
     try:
         _ip("link", "add", bridge, "type", "bridge")
         _ip("tuntap", "add", "dev", tap, "mode", "tap")
@@ -94,7 +102,9 @@ def _router_leg(namespace: str) -> str:
 async def test_a_guest_on_a_tap_takes_dhcp_and_answers_on_the_bridge(
     qemu_driver: QemuComputeDriver, tmp_path: Path
 ) -> None:
-    with host_namespace("tap") as namespace, _bridge_with_tap(namespace) as tap:
+    # The port's tap, named as the network driver names it: the driver opens that one.
+    port_id = f"port-{secrets.token_hex(3)}"
+    with host_namespace("tap") as namespace, _bridge_with_tap(namespace, tap_name(port_id)) as tap:
         leg = _router_leg(namespace)
         dnsmasq = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", namespace, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
@@ -110,7 +120,7 @@ async def test_a_guest_on_a_tap_takes_dhcp_and_answers_on_the_bridge(
         try:
             await asyncio.sleep(0.2)
             assert dnsmasq.returncode is None, "dnsmasq did not start"
-            nic = NicSpec(id="port-tap", mac=MAC, ip=GUEST_IP, network_id="vpc-t", tap=tap)
+            nic = NicSpec(id=port_id, mac=MAC, ip=GUEST_IP, network_id="vpc-t")
             spec = VmSpec(
                 id="vm-e2e-tap",
                 name="tap guest",

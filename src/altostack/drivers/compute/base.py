@@ -47,18 +47,12 @@ DEFAULT_USER = "root"
 
 @dataclass(frozen=True)
 class NicSpec:
-    """One virtual NIC: the port ``id`` on network ``network_id``.
-
-    ``tap`` names the host tap device the network driver made for the port (on the VPC's
-    bridge): the NIC is then wired to it. Without one (hosts with no SDN, the tests of
-    the compute driver alone) the hypervisor gives the NIC a private user-mode network.
-    """
+    """One virtual NIC: the port ``id`` on network ``network_id``."""
 
     id: str
     mac: str
     ip: str
     network_id: str
-    tap: str | None = None
 
 
 DiskFormat = Literal["qcow2", "raw"]

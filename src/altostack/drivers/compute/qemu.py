@@ -262,8 +262,8 @@ class QemuComputeDriver(ComputeDriver):
     def http_endpoint(self, vm_id: str, nic: int = 0) -> tuple[str, int] | None:
         """Where the host reaches port 80 of the VM's NIC ``nic`` (user-mode networking)."""
         record = load_record(self.paths(vm_id).record)
-        if record is None or nic >= len(record.http_ports) or record.nics[nic].tap is not None:
-            return None  # a NIC on a tap is reached over its network, not forwarded
+        if record is None or nic >= len(record.http_ports):
+            return None
         return ("127.0.0.1", record.http_ports[nic])
 
     def command(self, vm_id: str) -> QemuCommand:
@@ -1393,8 +1393,6 @@ class QemuComputeDriver(ComputeDriver):
 
     def _nic(self, nic: NicSpec, http_port: int | None) -> NicForward:
         """The NIC's backend: the network driver's tap for the port, or user-mode."""
-        if nic.tap is not None:
-            return NicForward(nic, tap=nic.tap)
         if self.nic_backend == "tap":
             return NicForward(nic, tap=device_name("tap", nic.id))
         return NicForward(nic, http_port)

@@ -21,8 +21,8 @@ Choices (see docs/qemu.md):
 - Disks are ``-blockdev`` nodes with fixed names (``root``, ``seed``) so QMP can address
   them: the root disk is a qcow2 overlay, the NoCloud seed a read-only raw ISO whose file
   node can be swapped live (``blockdev-reopen``).
-- No NIC unless the spec has one (``-nic none``). A NIC is either a tap the network
-  driver made for its port on the VPC bridge (``NicSpec.tap``, or ``nic_backend="tap"``:
+- No NIC unless the spec has one (``-nic none``). A NIC is either the tap the network
+  driver made for its port on the VPC bridge (``nic_backend="tap"``:
   ``tap<hash of the port id>``) or user-mode networking with ``restrict=on`` (the guest
   reaches nothing outside; port 80 is forwarded from a loopback port so the host can reach
   the guest's HTTP server).
