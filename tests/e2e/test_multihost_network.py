@@ -170,6 +170,8 @@ def test_a_vpc_across_two_hosts_with_real_guests() -> None:
         finally:
             http.close()
             for agent in agents:
+                if agent.poll() is not None:  # an agent that died says so in the report
+                    print(f"agent {agent.args[3]} exited early with {agent.returncode}")
                 if agent.poll() is None:
                     os.killpg(agent.pid, signal.SIGTERM)
                     try:

@@ -126,6 +126,7 @@ def build_network(options: AgentOptions, driver: ComputeDriver) -> NetworkDriver
         underlay_ip=os.environ.get("ALTO_UNDERLAY_IP") or None,
         external_bridge=_settings().external_bridge,
         tap_user=None if run_as is None else run_as.name,
+        scope=options.netns,  # hosts of a lab share the machine's namespace names
     )
 
 

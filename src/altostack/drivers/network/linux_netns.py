@@ -5,6 +5,12 @@
 reused: a pooled thread left in a router's namespace would run someone else's work there
 later. A socket keeps the namespace it was created in after the thread ends, which is how
 the agent serves metadata inside every router namespace without a process per VPC.
+
+Netlink sockets into another namespace are made the same way (:func:`netlink`), not with
+pyroute2's ``netns=``: that forks the whole agent for each socket and then SIGTERMs the
+child, whose inherited asyncio signal handler writes the signal into the *parent's*
+wake-up pipe — the agent then believes it was told to stop and exits. It would also
+create a namespace that has vanished instead of failing.
 """
 
 from __future__ import annotations
@@ -144,11 +150,31 @@ def listening_socket(address: str, port: int) -> Callable[[], socket.socket]:
 # -- netlink helpers shared by the router and the lab ----------------------------------
 
 
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+
+
+@asynccontextmanager
+async def netlink(netns: str | None) -> AsyncIterator[AsyncIPRoute]:
+    """An ``AsyncIPRoute`` into ``netns`` (None: ours), its socket made by a thread in
+    there; ``BackendFailure`` when the namespace does not exist."""
+    if netns is None:
+        async with AsyncIPRoute() as conn:
+            yield conn
+        return
+    try:
+        sock = await run_in(netns, _netlink_socket)
+    except OSError as exc:
+        raise BackendFailure(f"cannot open netlink in namespace {netns}: {exc}") from exc
+    async with AsyncIPRoute(fileno=sock.detach()) as conn:
+        yield conn
+
+
 @asynccontextmanager
 async def ipr(netns: str | None) -> AsyncIterator[AsyncIPRoute]:
     """Netlink to ``netns`` (None: ours); the kernel's refusals become ``BackendFailure``."""
     try:
-        async with AsyncIPRoute(netns=netns) as conn:
+        async with netlink(netns) as conn:
             yield conn
     except NetlinkError as exc:
         raise BackendFailure(f"netlink refused the change in {netns or 'the host'}: {exc}") from exc
