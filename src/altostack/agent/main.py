@@ -161,7 +161,10 @@ async def run(options: AgentOptions) -> None:
     if options.netns:  # before any thread or child exists: they all inherit it
         from altostack.drivers.network import linux_netns
 
-        linux_netns.enter(options.netns)
+        try:
+            linux_netns.enter(options.netns)
+        except OSError as exc:
+            raise SystemExit(f"cannot enter network namespace {options.netns}: {exc}") from exc
     driver = build_driver(options)
     host_id, bus_url = await register(options, driver)
     if bus_url.startswith("memory://"):
