@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import socket
 import threading
@@ -48,7 +49,9 @@ async def create(name: str) -> bool:
     if exists(name):
         return False
     try:
-        await asyncio.to_thread(_netns.create, name)
+        # With our libc: pyroute2 would look it up (ldconfig) in its forked child, every
+        # time, against the child's 2 s answer limit.
+        await asyncio.to_thread(_netns.create, name, _libc())
     except OSError as exc:
         raise BackendFailure(f"cannot create network namespace {name}: {exc}") from exc
     return True
@@ -59,7 +62,7 @@ async def remove(name: str) -> None:
     if not exists(name):
         return
     try:
-        await asyncio.to_thread(_netns.remove, name)
+        await asyncio.to_thread(_netns.remove, name, _libc())
     except OSError as exc:
         if exists(name):
             raise BackendFailure(f"cannot remove network namespace {name}: {exc}") from exc
@@ -112,10 +115,14 @@ def enter(name: str) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
     """``setns(2)`` for this thread (``os.setns`` arrives only with Python 3.12)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
+    if _libc().setns(fd, _CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
 
