@@ -450,8 +450,9 @@ print(c.recv(100).split(b"\\r\\n")[0].decode())
 
 
 async def test_a_router_comes_back_after_its_namespace_vanished(tmp_path: Path) -> None:
-    """A reboot (simulated: the namespace and dnsmasq disappear) and a killed dnsmasq:
-    ``ensure_router`` of the same spec rebuilds what is missing."""
+    """A killed dnsmasq, and a namespace removed under a live dnsmasq (another host of
+    a lab deleting it, or an operator): ``ensure_router`` of the same spec rebuilds what is
+    missing, and the dnsmasq stranded in the old namespace is replaced, not SIGHUPed."""
     from altostack.drivers.network import linux_dhcp
     from altostack.drivers.network.linux import LinuxNetworkDriver
 
@@ -474,11 +475,13 @@ async def test_a_router_comes_back_after_its_namespace_vanished(tmp_path: Path) 
             for vanish in ("dnsmasq", "namespace"):
                 pid = linux_dhcp.running_pid(files)
                 assert pid is not None
-                os.kill(pid, signal.SIGKILL)
                 if vanish == "namespace":
                     await asyncio.to_thread(_ip, "netns", "del", ns)
+                else:
+                    os.kill(pid, signal.SIGKILL)
                 assert await driver.ensure_router(spec) == info
                 assert linux_dhcp.running_pid(files) not in (None, pid)
+                assert not _alive(pid)
                 probe = await asyncio.to_thread(_in, ns, sys.executable, "-c", METADATA_PROBE)
                 assert probe.stdout.strip() == "HTTP/1.1 404 Not Found", probe.stderr
         finally:

@@ -15,6 +15,7 @@ from altostack.agent.network_ops import NetworkOps
 from altostack.db.models_compute import Cluster
 from altostack.drivers.compute.sim import SimComputeDriver
 from altostack.drivers.compute.sim_hypervisor import SimHostConfig, SimHypervisor
+from altostack.drivers.errors import BackendFailure
 from altostack.drivers.network.base import (
     NetworkSpec,
     PortSpec,
@@ -71,6 +72,25 @@ async def test_agent_applies_prunes_and_ignores_stale_pushes() -> None:
     assert plane.networks == plane.ports == plane.groups == {}
     state = await ops.state({})
     assert state["generations"] == {"vpc-1": 5}
+
+
+class _HangsOnce(SimNetworkDriver):
+    """A data plane whose first ``ensure_network`` never returns (a stuck tool)."""
+
+    hung = False
+
+    async def ensure_network(self, spec: NetworkSpec):  # type: ignore[no-untyped-def]
+        if not self.hung:
+            self.hung = True
+            await asyncio.Event().wait()
+        return await super().ensure_network(spec)
+
+
+async def test_a_hanging_apply_fails_visibly_and_frees_the_host() -> None:
+    ops = NetworkOps(_HangsOnce(timings=SimTimings.instant()), timeout=0.2)
+    with pytest.raises(BackendFailure, match=r"did not finish in 0\.2 s"):
+        await ops.apply(_apply(1, []))
+    assert (await asyncio.wait_for(ops.apply(_apply(2, [])), 1))["applied"]
 
 
 async def _late_host(container, name: str, underlay: str):

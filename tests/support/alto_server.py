@@ -50,8 +50,15 @@ def server_env(**extra: str) -> dict[str, str]:
 
 class AltoServer:
     def __init__(
-        self, data_dir: Path, *, db: str | None = None, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        *,
+        db: str | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
+        """Where it listens: loopback, or an address of a test's own underlay bridge."""
         self.data_dir = data_dir
         self.db = db
         self.env = env or server_env()
@@ -62,12 +69,12 @@ class AltoServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
         """Start (or restart, on the same data and port) and wait until /readyz says so."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        cmd = [str(ALTO), "up", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [str(ALTO), "up", "--host", self.host, "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir)]
         if self.db:
             cmd += ["--db", self.db]

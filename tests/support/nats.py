@@ -46,10 +46,12 @@ class NatsServer:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    """Where it listens: loopback, or an address of a test's own underlay bridge."""
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -64,7 +66,7 @@ class NatsServer:
         return self.workdir / "nats-server.log"
 
     def start(self) -> None:
-        cmd = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+        cmd = [self.binary, "-js", "-a", self.host, "-p", str(self.port),
                "-sd", str(self.store_dir), "-m", "0"]  # fmt: skip
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
@@ -81,7 +83,7 @@ class NatsServer:
                 raise RuntimeError(f"nats-server exited: {self.log_tail()}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                socket.create_connection((self.host, self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)
@@ -125,12 +127,13 @@ class NatsServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_nats() -> NatsServer:
+def start_nats(host: str = "127.0.0.1") -> NatsServer:
     binary = shutil.which("nats-server")
     if binary is None:
         need_real("nats-server is not installed (scripts/install-system-deps installs it)")
         raise AssertionError("unreachable")
-    server = NatsServer(binary, free_port(), Path(tempfile.mkdtemp(prefix="alto-nats-")))
+    workdir = Path(tempfile.mkdtemp(prefix="alto-nats-"))
+    server = NatsServer(binary, free_port(), workdir, host=host)
     started = time.monotonic()
     try:
         server.start()
@@ -142,9 +145,9 @@ def start_nats() -> NatsServer:
 
 
 @contextlib.contextmanager
-def running_nats() -> Iterator[NatsServer]:
+def running_nats(host: str = "127.0.0.1") -> Iterator[NatsServer]:
     """A server for the duration of the block (fixtures wrap this)."""
-    server = start_nats()
+    server = start_nats(host)
     try:
         yield server
     finally:

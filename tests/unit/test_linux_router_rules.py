@@ -94,3 +94,23 @@ def test_metadata_layouts() -> None:
 
 def test_stored_specs_round_trip() -> None:
     assert spec_from_dict(json.loads(json.dumps(asdict(SPEC)))) == SPEC
+
+
+def test_hosts_sharing_a_machine_name_their_routers_apart(tmp_path: Path) -> None:
+    """Namespace names are machine-wide: two agents of a lab (each inside its host's
+    namespace, so ``netns=None``) must not name -- and delete -- the same router."""
+    from altostack.drivers.faults import FaultInjector
+    from altostack.drivers.network.linux_router import LinuxRouters
+
+    def routers(netns: str | None, scope: str | None = None) -> LinuxRouters:
+        return LinuxRouters(
+            state_dir=tmp_path, host_netns=netns, external_bridge=None,
+            faults=FaultInjector(), scope=scope,
+        )  # fmt: skip
+
+    a, b = routers(None, scope="host-a"), routers(None, scope="host-b")
+    assert a.namespace("vpc-1") != b.namespace("vpc-1")
+    assert a._legs("vpc-1") != b._legs("vpc-1")
+    # The scope defaults to the namespace the driver programs from outside.
+    assert routers("host-a").namespace("vpc-1") == a.namespace("vpc-1")
+    assert routers(None).namespace("vpc-1") != a.namespace("vpc-1")

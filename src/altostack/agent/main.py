@@ -48,6 +48,8 @@ class AgentOptions:
     sim_timing_scale: float = 1.0
     state_dir: Path | None = None
     console_host: str = "127.0.0.1"
+    netns: str | None = None
+    """Run in this network namespace (a simulated host of a lab on one machine)."""
 
 
 def default_state_dir() -> Path:
@@ -124,6 +126,7 @@ def build_network(options: AgentOptions, driver: ComputeDriver) -> NetworkDriver
         underlay_ip=os.environ.get("ALTO_UNDERLAY_IP") or None,
         external_bridge=_settings().external_bridge,
         tap_user=None if run_as is None else run_as.name,
+        scope=options.netns,  # hosts of a lab share the machine's namespace names
     )
 
 
@@ -155,6 +158,13 @@ async def register(options: AgentOptions, driver: ComputeDriver) -> tuple[str, s
 
 
 async def run(options: AgentOptions) -> None:
+    if options.netns:  # before any thread or child exists: they all inherit it
+        from altostack.drivers.network import linux_netns
+
+        try:
+            linux_netns.enter(options.netns)
+        except OSError as exc:
+            raise SystemExit(f"cannot enter network namespace {options.netns}: {exc}") from exc
     driver = build_driver(options)
     host_id, bus_url = await register(options, driver)
     if bus_url.startswith("memory://"):

@@ -6,15 +6,19 @@ what is listed, delete this VPC's ports and router that are not, forget groups n
 uses any more. ``network_remove`` takes the VPC off the host. Both are idempotent and
 carry the VPC's generation; one older than the generation already applied here is
 acknowledged without touching anything (a late retry must not undo a newer push).
-Commands run one at a time per host, so two VPCs' pruning never interleave.
+Commands run one at a time per host, so two VPCs' pruning never interleave; each has a
+time limit (``timeout``), so one that hangs (a tool that never returns) fails visibly and
+frees the host's network commands instead of holding them all behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from altostack.drivers.errors import BackendFailure
 from altostack.drivers.network.base import (
     DhcpHost,
     DnatRule,
@@ -77,10 +81,23 @@ def router_from_dict(d: dict[str, Any]) -> RouterSpec:
 class NetworkOps:
     """The handlers, over one host's network driver."""
 
-    def __init__(self, driver: NetworkDriver) -> None:
+    def __init__(self, driver: NetworkDriver, *, timeout: float = 60.0) -> None:
         self.driver = driver
+        self.timeout = timeout
         self.generations: dict[str, int] = {}
         self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _limited(self, action: str, vpc_id: str) -> AsyncIterator[None]:
+        """The host's network lock, held ``timeout`` seconds at most."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    yield
+            except TimeoutError:
+                raise BackendFailure(
+                    f"{action} of VPC {vpc_id} did not finish in {self.timeout:g} s"
+                ) from None
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -98,7 +115,7 @@ class NetworkOps:
         ports = [port_from_dict(p) for p in d.get("ports") or ()]
         groups = [group_from_dict(g) for g in d.get("groups") or ()]
         router = router_from_dict(d["router"]) if d.get("router") else None
-        async with self._lock:
+        async with self._limited("network_apply", vpc_id):
             if self._stale(vpc_id, generation):
                 return {"generation": self.generations[vpc_id], "applied": False}
             drv = self.driver
@@ -121,7 +138,7 @@ class NetworkOps:
 
     async def remove(self, d: dict[str, Any]) -> dict[str, Any]:
         vpc_id, generation = str(d["vpc_id"]), int(d["generation"])
-        async with self._lock:
+        async with self._limited("network_remove", vpc_id):
             if self._stale(vpc_id, generation):
                 return {"generation": self.generations[vpc_id], "applied": False}
             drv = self.driver

@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
         sim_timing_scale: Annotated[
             float, typer.Option(help="Scale of the sim driver's delays (0: instant)")
         ] = 1.0,
+        netns: Annotated[
+            str | None,
+            typer.Option(help="Run inside this network namespace (a lab's host on one machine)"),
+        ] = None,
     ) -> None:
         """Join a cluster as a host and serve its commands until SIGTERM."""
         from altostack import logging as alto_logging
@@ -51,5 +55,6 @@ def register(app: typer.Typer) -> None:
             sim_timing_scale=sim_timing_scale,
             state_dir=state_dir,
             console_host=console_host,
+            netns=netns,
         )
         asyncio.run(run(options))

@@ -29,13 +29,13 @@ import json
 import os
 import pwd
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import AsyncIPRoute, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from altostack.drivers import tools
@@ -132,7 +132,11 @@ class LinuxNetworkDriver(NetworkDriver):
         external_bridge: str | None = None,
         tap_user: str | None = None,
         faults: FaultInjector | None = None,
+        scope: str | None = None,
     ) -> None:
+        """``scope`` names this host among several on one machine (default: ``netns``):
+        an agent started with ``--netns`` already lives in its host's namespace
+        (``netns=None``) but must still name its routers apart from the other hosts'."""
         if underlay_ip is not None:
             ipaddress.ip_address(underlay_ip)
         self.underlay_ip = underlay_ip
@@ -152,6 +156,7 @@ class LinuxNetworkDriver(NetworkDriver):
             host_netns=netns,
             external_bridge=external_bridge,
             faults=self.faults,
+            scope=scope,
         )
         # Uniqueness (VNI, IP, MAC) spans objects, so changes are serialised per driver.
         self._lock = asyncio.Lock()
@@ -161,7 +166,7 @@ class LinuxNetworkDriver(NetworkDriver):
     @asynccontextmanager
     async def _ipr(self) -> AsyncIterator[AsyncIPRoute]:
         try:
-            async with AsyncIPRoute(netns=self.netns) as ipr:
+            async with linux_netns.netlink(self.netns) as ipr:
                 yield ipr
         except NetlinkError as exc:
             raise BackendFailure(f"netlink refused the change: {exc}") from exc
@@ -403,9 +408,7 @@ class LinuxNetworkDriver(NetworkDriver):
                         peer_index = await self._index(ipr, peer)
                         await ipr.link("set", index=peer_index, mtu=net.mtu, address=spec.mac)
                     else:
-                        await ipr.link(
-                            "add", ifname=device, kind="tuntap", mode="tap", **self._tap_owner
-                        )
+                        await linux_netns.run_in(self.netns, _tap_maker(device, self._tap_owner))
                     created = True
                 index = await self._index(ipr, device)
                 await ipr.link(
@@ -550,6 +553,17 @@ class LinuxNetworkDriver(NetworkDriver):
             except NetlinkError as exc:
                 if exc.code != _NO_DEVICE:
                     raise
+
+
+def _tap_maker(name: str, owner: dict[str, int]) -> Callable[[], None]:
+    """A ``run_in`` work item: a persistent tap. Not netlink but an ioctl, which acts in
+    the calling thread's namespace: it runs in a thread inside the host's."""
+
+    def work() -> None:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=name, kind="tuntap", mode="tap", **owner)
+
+    return work
 
 
 def _check_addresses(spec: PortSpec, net: NetworkInfo, ports: list[PortInfo]) -> None:

@@ -5,6 +5,12 @@
 reused: a pooled thread left in a router's namespace would run someone else's work there
 later. A socket keeps the namespace it was created in after the thread ends, which is how
 the agent serves metadata inside every router namespace without a process per VPC.
+
+Netlink sockets into another namespace are made the same way (:func:`netlink`), not with
+pyroute2's ``netns=``: that forks the whole agent for each socket and then SIGTERMs the
+child, whose inherited asyncio signal handler writes the signal into the *parent's*
+wake-up pipe — the agent then believes it was told to stop and exits. It would also
+create a namespace that has vanished instead of failing.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import socket
 import threading
@@ -42,7 +49,9 @@ async def create(name: str) -> bool:
     if exists(name):
         return False
     try:
-        await asyncio.to_thread(_netns.create, name)
+        # With our libc: pyroute2 would look it up (ldconfig) in its forked child, every
+        # time, against the child's 2 s answer limit.
+        await asyncio.to_thread(_netns.create, name, _libc())
     except OSError as exc:
         raise BackendFailure(f"cannot create network namespace {name}: {exc}") from exc
     return True
@@ -53,7 +62,7 @@ async def remove(name: str) -> None:
     if not exists(name):
         return
     try:
-        await asyncio.to_thread(_netns.remove, name)
+        await asyncio.to_thread(_netns.remove, name, _libc())
     except OSError as exc:
         if exists(name):
             raise BackendFailure(f"cannot remove network namespace {name}: {exc}") from exc
@@ -94,10 +103,26 @@ async def run_in(name: str | None, work: Callable[[], T]) -> T:
 _CLONE_NEWNET = 0x40000000
 
 
+def enter(name: str) -> None:
+    """Move the calling thread into namespace ``name`` for good: a process calls it first
+    thing, so every thread and child it starts after lives there (a lab's host on one
+    machine). Unlike ``ip netns exec`` it keeps the mount namespace, so the namespaces the
+    process names (routers) are everyone's to see."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
     """``setns(2)`` for this thread (``os.setns`` arrives only with Python 3.12)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
+    if _libc().setns(fd, _CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
 
@@ -132,11 +157,31 @@ def listening_socket(address: str, port: int) -> Callable[[], socket.socket]:
 # -- netlink helpers shared by the router and the lab ----------------------------------
 
 
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+
+
+@asynccontextmanager
+async def netlink(netns: str | None) -> AsyncIterator[AsyncIPRoute]:
+    """An ``AsyncIPRoute`` into ``netns`` (None: ours), its socket made by a thread in
+    there; ``BackendFailure`` when the namespace does not exist."""
+    if netns is None:
+        async with AsyncIPRoute() as conn:
+            yield conn
+        return
+    try:
+        sock = await run_in(netns, _netlink_socket)
+    except OSError as exc:
+        raise BackendFailure(f"cannot open netlink in namespace {netns}: {exc}") from exc
+    async with AsyncIPRoute(fileno=sock.detach()) as conn:
+        yield conn
+
+
 @asynccontextmanager
 async def ipr(netns: str | None) -> AsyncIterator[AsyncIPRoute]:
     """Netlink to ``netns`` (None: ours); the kernel's refusals become ``BackendFailure``."""
     try:
-        async with AsyncIPRoute(netns=netns) as conn:
+        async with netlink(netns) as conn:
             yield conn
     except NetlinkError as exc:
         raise BackendFailure(f"netlink refused the change in {netns or 'the host'}: {exc}") from exc

@@ -95,10 +95,12 @@ class LinuxRouters:
         host_netns: str | None,
         external_bridge: str | None,
         faults: FaultInjector,
+        scope: str | None = None,
     ) -> None:
         self.faults = faults
         self.directory = Path(state_dir) / "routers"
         self.host_netns = host_netns
+        self.scope = host_netns if scope is None else scope
         self.external_bridge = external_bridge
         self._servers: dict[str, asyncio.Server] = {}
         self._instances: dict[str, dict[str, InstanceMetadata]] = {}
@@ -107,8 +109,9 @@ class LinuxRouters:
 
     def _key(self, router_id: str) -> str:
         # Namespaces are global to the machine while the driver's data plane may live in
-        # a namespace of its own (a "host" of the lab): both go into the name.
-        return f"{self.host_netns or ''}/{router_id}"
+        # a namespace of its own (a "host" of the lab): both go into the name, or two
+        # hosts of one machine would take (and delete) each other's routers.
+        return f"{self.scope or ''}/{router_id}"
 
     def namespace(self, router_id: str) -> str:
         return device_name("qr-", self._key(router_id))
@@ -166,8 +169,10 @@ class LinuxRouters:
             return RouterInfo(spec, ns)
         files.directory.mkdir(parents=True, exist_ok=True)
         fresh = await linux_netns.create(ns)
-        if fresh:  # a reboot (or someone) removed it: a server we hold listens in the old one
+        if fresh:  # a reboot (or someone) removed it: what we run still lives in the old
+            # one, where no packet reaches it (a SIGHUP would not bring dnsmasq back)
             await self._stop_metadata(spec.id)
+            await linux_dhcp.stop(files)
         try:
             await self._plumb(spec, ns, vpc_bridge)
             self.faults.check("ensure_router", spec.id)
