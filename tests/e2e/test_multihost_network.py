@@ -361,7 +361,7 @@ def _check_vpc_across_hosts(
         router_ip, mapped = _edge(http, internet, whoami, subnet, on_b, a, b)
         nic_b = nics[on_b["id"]]
         _security_groups(http, vpc_id, default, nic_b, a, b, internet, mapped)
-        _elastic_nic(http, subnet, on_a, on_b, namespaces)
+        _elastic_nic(http, subnet, on_a, on_b, namespaces, a, b)
         _same_cidr(http, on_b, a, b, namespaces["mh-b"], whoami, router_ip, vpcs)
 
 
@@ -479,18 +479,41 @@ def _elastic_nic(
     on_a: dict[str, Any],
     on_b: dict[str, Any],
     namespaces: dict[str, str],
+    a: Guest,
+    b: Guest,
 ) -> None:
-    """An elastic NIC attached to A's VM, then moved to B's: its port follows to host B
-    with its MAC and address and leaves host A. (Attaching does not hot-plug the NIC into
-    a running guest yet: the control plane only pushes the port; docs/network.md.)"""
+    """An elastic NIC attached to A's running VM, then moved to B's: it is hot-plugged
+    into each guest in turn (and out of A's), its port follows to host B with its MAC, and
+    B's guest gets the NIC's address over DHCP on it."""
     nic = http.post("/v1/nics", json={"subnet_id": subnet["id"]}).json()
     attach = f"/v1/nics/{nic['id']}/actions/attach"
     _op_done(http, http.post(attach, json={"vm_id": on_a["id"]}))
     assert _port_on(namespaces["mh-a"], nic) and not _port_on(namespaces["mh-b"], nic)
+    macs = "cat /sys/class/net/*/address"
+
+    def sees(guest: Guest, present: bool = True) -> bool:
+        """Whether the guest comes to see (or stop seeing) the NIC: ACPI hot-plug takes
+        the guest a moment."""
+        deadline = time.monotonic() + 20
+        while (nic["mac"] in guest.run(macs)) != present:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+    assert sees(a)
     _op_done(http, http.post(f"/v1/nics/{nic['id']}/actions/detach"))
     moved = _op_done(http, http.post(attach, json={"vm_id": on_b["id"]}))["nic"]
     assert (moved["mac"], moved["private_ip"]) == (nic["mac"], nic["private_ip"])
     assert _port_on(namespaces["mh-b"], nic) and not _port_on(namespaces["mh-a"], nic)
+    assert sees(a, present=False) and sees(b)
+    find = (
+        "for i in /sys/class/net/*; do "
+        f'[ "$(cat $i/address)" = {nic["mac"]} ] && echo IF=${{i##*/}}; done'
+    )
+    (name,) = set(re.findall(r"^IF=(\w+)\s*$", b.run(find), re.MULTILINE))
+    lease = b.run(f"ip link set {name} up; udhcpc -i {name} -n -q -t 5 -s /bin/true 2>&1")
+    assert f"lease of {nic['private_ip']} " in lease, lease
 
 
 def _same_cidr(
