@@ -22,7 +22,7 @@ times it records the CPU-seconds each side's QEMU had used when the readiness li
 seen: on a machine shared with other work the wall times stretch with the load, the
 guest's CPU cost much less (it is what the guest's boot costs, whoever else runs).
 
-    .venv/bin/python bench/boot.py [--rounds 3] [--json] [--keep DIR]
+    .venv/bin/python bench/boot.py [--rounds 3] [--json] [--keep DIR] [--image QCOW2]
 
 Exit status: 0 when the target is met, 1 when it is not, 2 when the benchmark could not run.
 """
@@ -130,9 +130,10 @@ def alto_executable() -> str:
 
 
 @contextmanager
-def alto_up(data_dir: Path, log_path: Path) -> Iterator[str]:
-    """``alto up --driver qemu`` on ``data_dir``; its URL. Stopped by PID at the end, and
-    every QEMU under ``data_dir`` killed by PID."""
+def alto_up(data_dir: Path, log_path: Path, image: Path | None = None) -> Iterator[str]:
+    """``alto up --driver qemu`` on ``data_dir`` (default image: ``image`` if given, else
+    the test image); its URL. Stopped by PID at the end, and every QEMU under ``data_dir``
+    killed by PID."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTO_")}
     env.update(
@@ -141,6 +142,8 @@ def alto_up(data_dir: Path, log_path: Path) -> Iterator[str]:
         ALTO_HEARTBEAT_INTERVAL_SECONDS="5",
         ALTO_NETWORK_DRIVER="sim",  # the guest has no NIC: no lab network to make or leave
     )
+    if image is not None:
+        env["ALTO_DEFAULT_IMAGE"] = str(image)
     argv = [alto_executable(), "up", "--driver", "qemu", "--port", str(port)]
     argv += ["--data-dir", str(data_dir)]
     with log_path.open("wb") as log:
@@ -324,7 +327,7 @@ def bare_boot(vm: BareVm, workdir: Path) -> tuple[float, float | None]:
 # --------------------------------------------------------------------------- main
 
 
-def run(rounds: int, workdir: Path) -> Report:
+def run(rounds: int, workdir: Path, image: Path | None = None) -> Report:
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         raise BenchError("QEMU is not installed (scripts/install-system-deps)")
     report = Report(
@@ -333,10 +336,11 @@ def run(rounds: int, workdir: Path) -> Report:
             "accel": detect_accel(),
             "platform": platform.platform(),
             "load_1m": os.getloadavg()[0],
+            "image": str(image) if image is not None else "test image",
         }
     )
     data_dir = workdir / "d"
-    with alto_up(data_dir, workdir / "alto-up.log") as url:
+    with alto_up(data_dir, workdir / "alto-up.log", image) as url:
         api = Api(url)
         for n in range(rounds):
             name = f"boot-{n + 1}"
@@ -363,11 +367,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--keep", type=Path, help="work directory to keep (logs)")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        help="qcow2 to boot instead of the current test image (e.g. an older build, for an "
+        "A/B of two images: alternate runs with and without it)",
+    )
     args = parser.parse_args()
     # A short path: QEMU's unix sockets live under it (108-byte limit).
     workdir = Path(tempfile.mkdtemp(prefix="alto-boot-", dir=args.keep))
     try:
-        report = run(args.rounds, workdir)
+        image = None if args.image is None else args.image.resolve()
+        report = run(args.rounds, workdir, image)
     except BenchError as err:
         print(f"boot benchmark could not run: {err}", file=sys.stderr)
         return 2

@@ -190,7 +190,7 @@ def test_the_command_line_is_data(tmp_path: Path) -> None:
     for flag in ("-no-user-config", "-nodefaults", "-daemonize", "-no-shutdown", "-S"):
         assert cmd.has(flag)
     assert cmd.values("-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
-    assert cmd.values("-accel") == [Props.of("tcg", tb_size=32)]
+    assert cmd.values("-accel") == [Props.of("tcg", tb_size=64)]
     assert cmd.values("-nic") == ["none"]
     assert cmd.values("-machine") == [Props.of("pc-i440fx-7.2")]
     assert [str(v) for v in cmd.values("-smp")] == ["2"]
