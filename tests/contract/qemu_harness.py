@@ -191,7 +191,12 @@ class SerialConsole:
         await self._send(f"{command}; echo {marker[:5]}''{marker[5:]}\n")
         await self._expect(marker.encode() + b"\r\n", timeout=timeout)
         text = self.seen.decode(errors="replace").replace("\r", "")
-        body = text.split("\n", 1)[1] if "\n" in text else ""
+        # The output starts after the echo of the command line (found by the quoted
+        # marker only it contains), not simply after the first line: a prompt or message
+        # still on its way when ``seen`` was reset would otherwise pass for the echo.
+        echoed = f"{marker[:5]}''{marker[5:]}"
+        after = text.split(echoed, 1)[1] if echoed in text else text
+        body = after.split("\n", 1)[1] if "\n" in after else ""
         return body.split(marker, 1)[0]
 
     async def poweroff(self) -> None:
