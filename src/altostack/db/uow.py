@@ -13,7 +13,8 @@ such as waking the operation worker over the bus.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Self
@@ -29,6 +30,7 @@ from altostack.db.repositories import (
     TokenRepository,
     UserRepository,
 )
+from altostack.db.sqlite_driver import inline_statements
 
 AfterCommit = Callable[[], Awaitable[None]]
 
@@ -107,6 +109,13 @@ class UnitOfWork:
         if self._connection is None:
             self._connection = await self.session.connection()
         return self._connection
+
+    @contextlib.asynccontextmanager
+    async def inline_statements(self) -> AsyncIterator[None]:
+        """Inside the block, this transaction's statements run on the calling thread on
+        SQLite (``db.sqlite_driver.inline_statements``); as usual elsewhere."""
+        with inline_statements(await self.connection()):
+            yield
 
     @property
     def joined(self) -> bool:
