@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, insert, select
@@ -245,8 +246,11 @@ class VmService:
                     arch=image.arch,
                     group=group,
                 )
+                now = utcnow()
                 rows = [
-                    self._new_vm(ctx, req, vm_id, vm_name, itype, image, disk, group, claim, [])
+                    self._new_vm(
+                        ctx, req, vm_id, vm_name, itype, image, disk, group, claim, [], now
+                    )
                     for vm_id, vm_name, claim in zip(vm_ids, names, claims, strict=True)
                 ]
                 vms = await self._insert(uow, rows)
@@ -306,9 +310,11 @@ class VmService:
         group: PlacementGroup | None,
         claim: Claim,
         gpu_addresses: list[str],
+        now: datetime | None = None,
     ) -> dict[str, Any]:
-        """The VM's row as it is inserted: every column is set here (no ORM defaults)."""
-        now = utcnow()
+        """The VM's row as it is inserted: every column is set here (no ORM defaults).
+        The VMs of a batch share ``now``: one timestamp to convert for the whole INSERT."""
+        now = now or utcnow()
         return dict(
             id=vm_id,
             tenant_id=ctx.principal.tenant_id,
