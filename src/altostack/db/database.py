@@ -69,7 +69,7 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            # check_same_thread: statements in ``inline_statements`` blocks run on the
+            # check_same_thread: statements in ``InlineStatements`` blocks run on the
             # event loop's thread, the others on aiosqlite's (one at a time either way).
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
             if self.dialect_driver == "aiosqlite":

@@ -13,8 +13,7 @@ such as waking the operation worker over the bus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Self
@@ -30,7 +29,7 @@ from altostack.db.repositories import (
     TokenRepository,
     UserRepository,
 )
-from altostack.db.sqlite_driver import inline_statements
+from altostack.db.sqlite_driver import InlineStatements
 
 AfterCommit = Callable[[], Awaitable[None]]
 
@@ -110,12 +109,11 @@ class UnitOfWork:
             self._connection = await self.session.connection()
         return self._connection
 
-    @contextlib.asynccontextmanager
-    async def inline_statements(self) -> AsyncIterator[None]:
-        """Inside the block, this transaction's statements run on the calling thread on
-        SQLite (``db.sqlite_driver.inline_statements``); as usual elsewhere."""
-        with inline_statements(await self.connection()):
-            yield
+    def inline_statements(self) -> InlineStatements:
+        """``async with`` it: inside the block, this transaction's statements run on the
+        calling thread on SQLite (``db.sqlite_driver.InlineStatements``); as usual
+        elsewhere."""
+        return InlineStatements(self.connection)
 
     @property
     def joined(self) -> bool:
