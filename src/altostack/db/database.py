@@ -69,7 +69,9 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            # check_same_thread: statements in ``InlineStatements`` blocks run on the
+            # event loop's thread, the others on aiosqlite's (one at a time either way).
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
             if self.dialect_driver == "aiosqlite":
                 kwargs["module"] = one_hop_dbapi()
         else:

@@ -27,6 +27,27 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=None)
         return value
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """The usual processing, remembering its last answer: the rows of a batch share
+        one timestamp (a VM create's ``now``), and turning it into what the driver takes
+        costs more than the rest of a row's values (on SQLite, a formatted string each
+        time). A datetime is immutable, so the same object always gives the same answer."""
+        process = super().bind_processor(dialect)
+        if process is None:
+            return None
+        last: tuple[object, Any] = (object(), None)
+
+        def remembered(value: Any) -> Any:
+            nonlocal last
+            seen, answer = last
+            if value is seen:
+                return answer
+            answer = process(value)
+            last = (value, answer)
+            return answer
+
+        return remembered
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

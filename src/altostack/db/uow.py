@@ -29,6 +29,7 @@ from altostack.db.repositories import (
     TokenRepository,
     UserRepository,
 )
+from altostack.db.sqlite_driver import InlineStatements
 
 AfterCommit = Callable[[], Awaitable[None]]
 
@@ -107,6 +108,12 @@ class UnitOfWork:
         if self._connection is None:
             self._connection = await self.session.connection()
         return self._connection
+
+    def inline_statements(self) -> InlineStatements:
+        """``async with`` it: inside the block, this transaction's statements run on the
+        calling thread on SQLite (``db.sqlite_driver.InlineStatements``); as usual
+        elsewhere."""
+        return InlineStatements(self.connection)
 
     @property
     def joined(self) -> bool:

@@ -31,6 +31,8 @@ from altostack.domain.operations import OperationState
 from altostack.services import authz
 from altostack.services.context import RequestContext
 
+# Built once: ``insert(table)`` per call costs its construction and a cache key each time.
+_INSERT_OPERATION = insert(cast(Table, Operation.__table__))
 CREATED_SUBJECT = "operations.created"
 FINISHED_SUBJECT = "operations.finished"
 MAX_WAIT_SECONDS = 60.0
@@ -129,7 +131,7 @@ class OperationService:
         if not rows:
             return []
         conn = await uow.connection()
-        await conn.execute(insert(cast(Table, Operation.__table__)), rows)
+        await conn.execute(_INSERT_OPERATION, rows)
         new_op = manager_of_class(Operation).new_instance
         ops = []
         for row in rows:

@@ -106,7 +106,7 @@ class PlacementService:
             "members": 0,
             "created_at": utcnow(),
         }
-        async with self.db.uow() as uow:
+        async with self.db.uow() as uow, uow.inline_statements():
             # One statement: the (tenant, name) unique key settles a taken name, also
             # against a concurrent create, instead of a read before the insert.
             conn = await uow.connection()
