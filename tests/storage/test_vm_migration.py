@@ -68,7 +68,7 @@ async def test_live_migration_needs_block_migration_and_moves_the_running_guest(
 
 
 async def test_cold_migration_to_a_named_host_and_bad_targets(
-    client: httpx.AsyncClient, admin: dict[str, str], owner: dict[str, str]
+    client: httpx.AsyncClient, admin: dict[str, str], owner: dict[str, str], container: Container
 ) -> None:
     vm = await create_vm(client, owner)
     r = await act(client, owner, vm["id"], "stop")
@@ -88,6 +88,8 @@ async def test_cold_migration_to_a_named_host_and_bad_targets(
     r = await act(client, owner, vm["id"], "start")
     assert (await wait_op(client, owner, r.json()["operation"]))["state"] == "succeeded"
     assert (await _vm(client, owner, vm["id"]))["state"] == "running"
+    for agent in container.agents:  # the sim hosts' private transfer directories are gone
+        assert not agent.transfers.dir.exists()
 
 
 async def test_a_failed_migration_leaves_the_vm_where_it_was(

@@ -40,8 +40,16 @@ class Transfers:
         state_dir = getattr(compute, "state_dir", None)
         if isinstance(state_dir, Path):
             self.dir = state_dir / "transfers"
+            self._private = False
         else:  # hosts without a state directory (the sim): a private temporary one
             self.dir = Path(tempfile.gettempdir()) / f"alto-transfers-{os.getpid()}-{id(self):x}"
+            self._private = True
+
+    def _tidy(self) -> None:
+        """A private temporary directory goes once it holds nothing (none is left behind)."""
+        if self._private:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -100,12 +108,14 @@ class Transfers:
         m = d["manifest"]
         manifest = MigrationManifest(str(m["vm_id"]), str(m["source_host"]), dict(m["data"]))
         status = await self.compute.receive_stopped(manifest, path)
+        self._tidy()
         return {"status": status_to_dict(status)}
 
     async def drop(self, d: dict[str, Any]) -> dict[str, Any]:
         for suffix in ("out", "in"):
             with contextlib.suppress(FileNotFoundError):
                 self._file(d, suffix).unlink()
+        self._tidy()
         return {}
 
     # -- local data volumes ------------------------------------------------------------
