@@ -15,8 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from altostack.drivers.compute.qemu_host import detect_accel
 from altostack.drivers.compute.qemu_process import pids_with
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import GUEST_TIMEOUT, guest_image, kill_qemus_under
-from tests.support.alto_server import ALTO, ROOT, AltoServer, server_env
+from tests.support.alto_server import (
+    AltoServer,
+    join_token,
+    server_env,
+    start_qemu_agent,
+    upload_image,
+    wait_for,
+)
 from tests.support.nats import NatsServer, running_nats
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
@@ -38,16 +44,6 @@ READY = re.compile(r"^ALTO-GUEST-READY ip=\S+ hostname=(\S+)", re.MULTILINE)
 def nats() -> Iterator[NatsServer]:
     with running_nats() as server:
         yield server
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_qemu_agent_joins_fetches_the_image_and_boots_a_guest(nats: NatsServer) -> None:
@@ -62,26 +58,12 @@ def test_a_qemu_agent_joins_fetches_the_image_and_boots_a_guest(nats: NatsServer
         server.start()
         http.headers.update(server.login())
         token = http.headers["Authorization"].removeprefix("Bearer ")
-        image = http.post("/v1/images", json={"name": "guest"}).json()
-        r = http.put(
-            f"/v1/images/{image['id']}/file",
-            content=image_file.read_bytes(),
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        assert r.status_code == 200, r.text
-        image = r.json()
-        cluster = http.get("/v1/clusters").json()["items"][0]
-        join = http.post(f"/v1/clusters/{cluster['id']}/actions/join-token").json()
-
-        cmd = [str(ALTO), "agent", "--join", server.url, "--token", join["join_token"]]
-        cmd += ["--hostname", "qemu-h1", "--driver", "qemu", "--heartbeat", "1"]
-        cmd += ["--state-dir", str(root / "host")]
-        with agent_log.open("wb") as out:
-            agent = subprocess.Popen(
-                cmd, env={**env, "ALTO_TOKEN": token}, cwd=ROOT, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        hosts = _wait(lambda: http.get("/v1/hosts?state=up").json()["items"], 30, "the join")
+        image = upload_image(http, image_file)
+        agent = start_qemu_agent(
+            server, join_token(http), "qemu-h1", root / "host", agent_log,
+            {**env, "ALTO_TOKEN": token},
+        )  # fmt: skip
+        hosts = wait_for(lambda: http.get("/v1/hosts?state=up").json()["items"], 30, "the join")
         assert [(h["hostname"], h["accel"]) for h in hosts] == [("qemu-h1", detect_accel())]
 
         r = http.post(
@@ -94,7 +76,7 @@ def test_a_qemu_agent_joins_fetches_the_image_and_boots_a_guest(nats: NatsServer
             op = http.get(f"/v1/operations/{op_id}?wait=5").json()
             return op if op["state"] in ("succeeded", "failed") else None
 
-        op = _wait(finished, GUEST_TIMEOUT, "the create")
+        op = wait_for(finished, GUEST_TIMEOUT, "the create")
         assert op["state"] == "succeeded", (op, agent_log.read_text()[-3000:])
         cached = root / "host" / "images" / f"{image['id']}.qcow2"
         assert sha256_file(cached) == image["checksum_sha256"]
@@ -103,11 +85,11 @@ def test_a_qemu_agent_joins_fetches_the_image_and_boots_a_guest(nats: NatsServer
             out = http.get(f"/v1/vms/{vm_id}/console-output?lines=100").json()["output"]
             return any(m.group(1) == "joined" for m in READY.finditer(out))
 
-        _wait(ready, GUEST_TIMEOUT, "ALTO-GUEST-READY on console-output")
+        wait_for(ready, GUEST_TIMEOUT, "ALTO-GUEST-READY on console-output")
         assert http.get(f"/v1/vms/{vm_id}/stats").json()["cpu_time_ns"] > 0
 
         r = http.delete(f"/v1/vms/{vm_id}")
-        _wait(lambda: finished_op(http, r.json()["operation"]["id"]), 120, "the delete")
+        wait_for(lambda: finished_op(http, r.json()["operation"]["id"]), 120, "the delete")
         assert pids_with(f"{root}/host/") == []  # the guest's QEMU is gone
     finally:
         http.close()

@@ -28,8 +28,15 @@ from altostack.drivers.compute.qemu_cmdline import VmPaths
 from altostack.drivers.compute.qemu_process import pids_with
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import GUEST_TIMEOUT, SerialConsole, guest_image, kill_qemus_under
-from tests.e2e.test_agent_qemu import READY, _wait
-from tests.support.alto_server import ALTO, ROOT, AltoServer, server_env
+from tests.e2e.test_agent_qemu import READY
+from tests.support.alto_server import (
+    AltoServer,
+    join_token,
+    server_env,
+    start_qemu_agent,
+    upload_image,
+    wait_for,
+)
 from tests.support.nats import running_nats
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
@@ -41,7 +48,7 @@ def _op(http: httpx.Client, op_id: str) -> dict[str, Any]:
         op = http.get(f"/v1/operations/{op_id}?wait=5").json()
         return op if op["state"] in ("succeeded", "failed") else None
 
-    return dict(_wait(finished, 300, f"operation {op_id}"))
+    return dict(wait_for(finished, 300, f"operation {op_id}"))
 
 
 def _guest(state_dir: Path, vm_id: str, command: str) -> str:
@@ -66,28 +73,16 @@ def test_a_guest_moves_live_with_its_disk_and_back_cold() -> None:
             server.start()
             http.headers.update(server.login())
             token = http.headers["Authorization"].removeprefix("Bearer ")
-            image = http.post("/v1/images", json={"name": "guest"}).json()
-            r = http.put(
-                f"/v1/images/{image['id']}/file",
-                content=image_file.read_bytes(),
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert r.status_code == 200, r.text
-            cluster = http.get("/v1/clusters").json()["items"][0]
-            join = http.post(f"/v1/clusters/{cluster['id']}/actions/join-token").json()
+            image = upload_image(http, image_file)
+            join = join_token(http)
             for name in ("h1", "h2"):
-                cmd = [str(ALTO), "agent", "--join", server.url, "--token", join["join_token"]]
-                cmd += ["--hostname", f"mig-{name}", "--driver", "qemu", "--heartbeat", "1"]
-                cmd += ["--state-dir", str(root / name)]
-                with (root / f"{name}.log").open("wb") as out:
-                    agents.append(
-                        subprocess.Popen(
-                            cmd, env={**env, "ALTO_TOKEN": token}, cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                        )
-                    )  # fmt: skip
-            hosts = _wait(
+                agents.append(
+                    start_qemu_agent(
+                        server, join, f"mig-{name}", root / name, root / f"{name}.log",
+                        {**env, "ALTO_TOKEN": token},
+                    )
+                )  # fmt: skip
+            hosts = wait_for(
                 lambda: len(items := http.get("/v1/hosts?state=up").json()["items"]) == 2 and items,
                 30,
                 "two hosts",
@@ -103,7 +98,7 @@ def test_a_guest_moves_live_with_its_disk_and_back_cold() -> None:
             def console() -> str:
                 return str(http.get(f"/v1/vms/{vm_id}/console-output?lines=1000").json()["output"])
 
-            _wait(lambda: READY.search(console()), GUEST_TIMEOUT, "the guest's readiness")
+            wait_for(lambda: READY.search(console()), GUEST_TIMEOUT, "the guest's readiness")
             first = http.get(f"/v1/vms/{vm_id}").json()["host_id"]
             _guest(state_dir[first], vm_id, "echo before-live > /root/mark1; sync")
 
@@ -140,7 +135,7 @@ def test_a_guest_moves_live_with_its_disk_and_back_cold() -> None:
             assert list((state_dir[second] / "transfers").iterdir()) == []
             r = http.post(f"/v1/vms/{vm_id}/actions/start")
             assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
-            _wait(lambda: len(READY.findall(console())) == 2, GUEST_TIMEOUT, "the second boot")
+            wait_for(lambda: len(READY.findall(console())) == 2, GUEST_TIMEOUT, "the second boot")
             marks = _guest(state_dir[first], vm_id, "cat /root/mark1 /root/mark2").split()
             assert marks == ["before-live", "before-cold"]
 
@@ -158,7 +153,7 @@ def test_a_guest_moves_live_with_its_disk_and_back_cold() -> None:
             assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
             r = http.post(f"/v1/vms/{vm_id}/actions/start")
             assert _op(http, r.json()["operation"]["id"])["state"] == "succeeded"
-            _wait(lambda: len(READY.findall(console())) == 3, GUEST_TIMEOUT, "the third boot")
+            wait_for(lambda: len(READY.findall(console())) == 3, GUEST_TIMEOUT, "the third boot")
             files = _guest(state_dir[first], vm_id, "ls /root").split()
             assert "mark1" in files and "mark2" in files and "mark3" not in files, files
             r = http.delete(f"/v1/snapshots/{snap_id}")  # live delete

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,14 @@ from altostack.drivers.network.lab import ExternalLab, ensure_external_lab, remo
 from altostack.drivers.network.linux import LinuxNetworkDriver
 from tests.contract import conftest as _contract  # noqa: F401  (defines what the harness extends)
 from tests.contract.qemu_harness import GUEST_TIMEOUT, SerialConsole, guest_image, kill_qemus_under
-from tests.support.alto_server import ALTO, ROOT, AltoServer, server_env
+from tests.support.alto_server import (
+    AltoServer,
+    join_token,
+    server_env,
+    start_qemu_agent,
+    upload_image,
+    wait_for,
+)
 from tests.support.nats import running_nats
 from tests.support.netns import host_namespace
 
@@ -62,16 +69,6 @@ def _run(*argv: str) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, f"{argv}: {done.stderr}"
     return done.stdout
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager
@@ -105,7 +102,7 @@ def _op_done(http: httpx.Client, reply: httpx.Response) -> dict[str, Any]:
         op = http.get(f"/v1/operations/{op_id}?wait=5").json()
         return op if op["state"] in ("succeeded", "failed") else None
 
-    op = _wait(finished, GUEST_TIMEOUT, f"operation {op_id}")
+    op = wait_for(finished, GUEST_TIMEOUT, f"operation {op_id}")
     assert op["state"] == "succeeded", op
     return dict(reply.json())
 
@@ -143,15 +140,8 @@ def test_a_vpc_across_two_hosts_with_real_guests() -> None:
             server.start()
             http.headers.update(server.login())
             token = http.headers["Authorization"].removeprefix("Bearer ")
-            image = http.post("/v1/images", json={"name": "guest"}).json()
-            r = http.put(
-                f"/v1/images/{image['id']}/file",
-                content=image_file.read_bytes(),
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert r.status_code == 200, r.text
-            cluster = http.get("/v1/clusters").json()["items"][0]
-            join = http.post(f"/v1/clusters/{cluster['id']}/actions/join-token").json()
+            upload_image(http, image_file)
+            join = join_token(http)
             for name, namespace, address in (("mh-a", host_a, 2), ("mh-b", host_b, 3)):
                 extra = {
                     "ALTO_TOKEN": token,
@@ -161,22 +151,13 @@ def test_a_vpc_across_two_hosts_with_real_guests() -> None:
                 }
                 if name == "mh-a":
                     extra |= {"ALTO_NETWORK_HOST": "1", "ALTO_EXTERNAL_BRIDGE": lab.bridge}
-                cmd = [str(ALTO), "agent", "--netns", namespace]
-                cmd += ["--join", server.url, "--token", join["join_token"], "--hostname", name]
-                cmd += ["--driver", "qemu", "--heartbeat", "1", "--state-dir", str(root / name)]
-                with (root / f"{name}.log").open("wb") as out:
-                    agents.append(
-                        subprocess.Popen(
-                            cmd,
-                            env={**env, **extra},
-                            cwd=ROOT,
-                            stdin=subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                        )
+                agents.append(
+                    start_qemu_agent(
+                        server, join, name, root / name, root / f"{name}.log",
+                        {**env, **extra}, "--netns", namespace,
                     )
-            _wait(lambda: len(http.get("/v1/hosts?state=up").json()["items"]) == 2, 60, "joins")
+                )  # fmt: skip
+            wait_for(lambda: len(http.get("/v1/hosts?state=up").json()["items"]) == 2, 60, "joins")
             namespaces = {"mh-a": host_a, "mh-b": host_b}
             _check_vpc_across_hosts(http, root, lab.namespace, namespaces, vpcs)
         finally:
@@ -240,7 +221,7 @@ def _whoami(namespace: str, address: str, port: int) -> Iterator[str]:
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         probe = ["ip", "netns", "exec", namespace, "curl", "-s", f"http://{address}:{port}/"]
-        _wait(lambda: subprocess.run(probe, capture_output=True).returncode == 0, 10, "whoami")
+        wait_for(lambda: subprocess.run(probe, capture_output=True).returncode == 0, 10, "whoami")
         yield f"http://{address}:{port}/"
     finally:
         server.kill()
@@ -348,7 +329,7 @@ def _check_vpc_across_hosts(
             out = http.get(f"/v1/vms/{vm_id}/console-output?lines=200").json()["output"]
             return READY.search(out)
 
-        found = _wait(ready, GUEST_TIMEOUT, f"{vm['name']} ready")
+        found = wait_for(ready, GUEST_TIMEOUT, f"{vm['name']} ready")
         # DHCP from the router on host A; host B's guest over VXLAN.
         assert found.group(1) == nic["private_ip"], found.group(0)
         ips[vm["id"]], nics[vm["id"]] = nic["private_ip"], nic
@@ -383,11 +364,11 @@ def _edge(
     eip = _op_done(http, http.post("/v1/eips", json={}))["eip"]
     _op_done(http, http.post(f"/v1/eips/{eip['id']}/actions/bind", json={"vm_id": on_b["id"]}))
     url = f"http://{eip['address']}/"
-    answer = _wait(lambda: _curl(internet, url).stdout.strip(), 15, "the EIP answers")
+    answer = wait_for(lambda: _curl(internet, url).stdout.strip(), 15, "the EIP answers")
     assert answer == on_b["name"]
     assert b.get(whoami) == eip["address"]  # its egress leaves with the EIP
     _op_done(http, http.post(f"/v1/eips/{eip['id']}/actions/unbind"))
-    _wait(lambda: _curl(internet, url).returncode != 0, 15, "the unbound EIP to go quiet")
+    wait_for(lambda: _curl(internet, url).returncode != 0, 15, "the unbound EIP to go quiet")
 
     # A NAT gateway on a second EIP: SNAT for the subnet, port 8080 mapped to B's port 80.
     nat_eip = _op_done(http, http.post("/v1/eips", json={}))["eip"]
@@ -399,13 +380,13 @@ def _edge(
     r = http.post(f"/v1/nat-gateways/{nat['id']}/dnat-rules", json=dnat)
     assert r.status_code == 201, r.text
     mapped = f"http://{nat_eip['address']}:8080/"
-    answer = _wait(lambda: _curl(internet, mapped).stdout.strip(), 15, "the port mapping")
+    answer = wait_for(lambda: _curl(internet, mapped).stdout.strip(), 15, "the port mapping")
     assert answer == on_b["name"]
 
     def snat_by_gateway() -> bool:
         return a.get(whoami) == nat_eip["address"]
 
-    _wait(snat_by_gateway, 15, "the subnet's SNAT through the gateway")
+    wait_for(snat_by_gateway, 15, "the subnet's SNAT through the gateway")
     assert _curl(internet, f"http://{nat_eip['address']}:8081/").returncode != 0
     return router_ip, mapped
 
@@ -440,7 +421,7 @@ def _security_groups(
     def port_81_dropped() -> bool:  # under the default group: refused (no server)
         return a.get(f"http://{b.ip}:81/") == "dropped"
 
-    _wait(port_81_dropped, 15, "the web group on B's port")
+    wait_for(port_81_dropped, 15, "the web group on B's port")
     assert a.get(f"http://{b.ip}/") != "dropped"  # port 80 from A's /32
     assert a.ping(b.ip)  # ICMP: A is in the remote (default) group
     # The port mapping still leads to B's port 80, but from the internet's address,
@@ -452,14 +433,14 @@ def _security_groups(
     def icmp_gone() -> bool:
         return not a.ping(b.ip)
 
-    _wait(icmp_gone, 15, "the ICMP rule's removal to apply")
+    wait_for(icmp_gone, 15, "the ICMP rule's removal to apply")
     rule = {"direction": "ingress", "protocol": "icmp", "remote_cidr": "10.90.0.0/16"}
     assert http.post(f"/v1/security-groups/{group['id']}/rules", json=rule).status_code == 201
 
     def icmp_from_cidr() -> bool:
         return a.ping(b.ip)
 
-    _wait(icmp_from_cidr, 15, "the ICMP rule by source CIDR")
+    wait_for(icmp_from_cidr, 15, "the ICMP rule by source CIDR")
 
     # Spoofing: A forges an address of the subnet (allowed by B's rule); its port on host A
     # drops it before VXLAN, so B's stack never sees the echo request.
@@ -561,7 +542,7 @@ def _same_cidr(
             argv = ["ip", "netns", "exec", guest, "ping", "-c", "1", "-W", "1", address]
             return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
-        _wait(lambda: ping(subnet["gateway_ip"]), 15, "the twin's router from host B")
+        wait_for(lambda: ping(subnet["gateway_ip"]), 15, "the twin's router from host B")
         assert not ping(a.ip)  # the first VPC's guest on host A
         twin_ip = _curl(guest, whoami).stdout.strip()
         assert twin_ip.startswith("203.0.113.") and twin_ip not in (router_ip, "203.0.113.1")

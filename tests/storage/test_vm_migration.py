@@ -31,6 +31,13 @@ async def _hosts(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, 
     return {h["id"]: h for h in items}
 
 
+async def _stopped_vm(client: httpx.AsyncClient, owner: dict[str, str]) -> dict[str, Any]:
+    vm = await create_vm(client, owner)
+    r = await act(client, owner, vm["id"], "stop")
+    await wait_op(client, owner, r.json()["operation"])
+    return vm
+
+
 async def _vm(client: httpx.AsyncClient, headers: dict[str, str], vm_id: str) -> dict[str, Any]:
     return dict((await client.get(f"/v1/vms/{vm_id}", headers=headers)).json())
 
@@ -70,9 +77,7 @@ async def test_live_migration_needs_block_migration_and_moves_the_running_guest(
 async def test_cold_migration_to_a_named_host_and_bad_targets(
     client: httpx.AsyncClient, admin: dict[str, str], owner: dict[str, str], container: Container
 ) -> None:
-    vm = await create_vm(client, owner)
-    r = await act(client, owner, vm["id"], "stop")
-    await wait_op(client, owner, r.json()["operation"])
+    vm = await _stopped_vm(client, owner)
     hosts = await _hosts(client, admin)
     other = next(h for h in sorted(hosts) if h != vm["host_id"])
     r, _ = await _migrate(client, admin, vm["id"], host_id=vm["host_id"])
@@ -95,9 +100,7 @@ async def test_cold_migration_to_a_named_host_and_bad_targets(
 async def test_a_failed_migration_leaves_the_vm_where_it_was(
     client: httpx.AsyncClient, admin: dict[str, str], owner: dict[str, str], container: Container
 ) -> None:
-    vm = await create_vm(client, owner)
-    r = await act(client, owner, vm["id"], "stop")
-    await wait_op(client, owner, r.json()["operation"])
+    vm = await _stopped_vm(client, owner)
     hosts = await _hosts(client, admin)
     other = next(h for h in sorted(hosts) if h != vm["host_id"])
     agent_of(container, other).compute.faults.inject(  # type: ignore[attr-defined]

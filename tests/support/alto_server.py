@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -157,3 +157,53 @@ def alto_server(
         yield server
     finally:
         server.kill()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """The first true value of ``predicate`` (polled), or an assertion naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def upload_image(http: httpx.Client, image_file: Path, name: str = "guest") -> dict[str, Any]:
+    """An image made from ``image_file`` through the API (checksummed, ``available``)."""
+    image = http.post("/v1/images", json={"name": name}).json()
+    r = http.put(
+        f"/v1/images/{image['id']}/file",
+        content=image_file.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def join_token(http: httpx.Client) -> str:
+    """A join token for the first cluster (one at a time: a new one replaces the last)."""
+    cluster = http.get("/v1/clusters").json()["items"][0]
+    return str(http.post(f"/v1/clusters/{cluster['id']}/actions/join-token").json()["join_token"])
+
+
+def start_qemu_agent(
+    server: AltoServer,
+    join: str,
+    hostname: str,
+    state_dir: Path,
+    log: Path,
+    env: dict[str, str],
+    *options: str,
+) -> subprocess.Popen[bytes]:
+    """``alto agent --driver qemu`` in a session of its own (kill it by its group), its
+    output in ``log``; ``env`` carries ``ALTO_TOKEN`` and whatever else the host needs."""
+    cmd = [str(ALTO), "agent", *options, "--join", server.url, "--token", join]
+    cmd += ["--hostname", hostname, "--driver", "qemu", "--heartbeat", "1"]
+    cmd += ["--state-dir", str(state_dir)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip

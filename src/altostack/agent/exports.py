@@ -97,7 +97,7 @@ class DiskExports:
             raise InvalidSpec(f"read {length} bytes at {offset}: at most {MAX_READ} at a time")
         path = await self._file(d)
         if path is not None:
-            data = await asyncio.to_thread(_read_range, path, offset, length)
+            data = await asyncio.to_thread(read_range, path, offset, length)
             return {"data": base64.b64encode(data).decode()}
         storage = self._pool(export_id)
         layout = await self._layout(export_id)
@@ -146,10 +146,10 @@ def _answer(export_id: str, size: int, virtual_size: int, data_bytes: int) -> di
     }
 
 
-def _read_range(path: Path, offset: int, length: int) -> bytes:
+def read_range(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as f:
         f.seek(offset)
         return f.read(length)
 
 
-__all__ = ["MAX_READ", "DiskExports"]
+__all__ = ["MAX_READ", "DiskExports", "read_range"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -23,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from altostack.agent.codec import status_to_dict
+from altostack.agent.exports import MAX_READ, read_range
 from altostack.drivers.compute.base import ComputeDriver, MigrationManifest
+from altostack.drivers.compute.local_images import sha256_file
 from altostack.drivers.errors import InvalidSpec, InvalidState
 from altostack.drivers.storage.base import StorageDriver, VolumeSpec
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
-MAX_PIECE = 512 * 1024
 TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -82,7 +82,7 @@ class Transfers:
         offset, length = _range(d)
         if not path.exists():
             raise InvalidState("absent", "exported", resource_id=str(d["transfer_id"]))
-        data = await asyncio.to_thread(_read, path, offset, length)
+        data = await asyncio.to_thread(read_range, path, offset, length)
         return {"data": base64.b64encode(data).decode()}
 
     async def write(self, d: dict[str, Any]) -> dict[str, Any]:
@@ -152,15 +152,9 @@ class Transfers:
 
 def _range(d: dict[str, Any]) -> tuple[int, int]:
     offset, length = int(d["offset"]), int(d["length"])
-    if offset < 0 or not 0 < length <= MAX_PIECE:
-        raise InvalidSpec(f"{length} bytes at {offset}: at most {MAX_PIECE} at a time")
+    if offset < 0 or not 0 < length <= MAX_READ:
+        raise InvalidSpec(f"{length} bytes at {offset}: at most {MAX_READ} at a time")
     return offset, length
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(offset)
-        return f.read(length)
 
 
 def _write(path: Path, offset: int, data: bytes) -> None:
@@ -172,13 +166,7 @@ def _write(path: Path, offset: int, data: bytes) -> None:
 
 
 def _digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+    return path.stat().st_size, sha256_file(path)
 
 
-__all__ = ["MAX_PIECE", "Transfers"]
+__all__ = ["Transfers"]

@@ -129,7 +129,7 @@ class ComputeController:
                 vm.reason = reason
                 await uow.commit()
 
-    async def _vm(self, ctx: OperationContext) -> Vm:
+    async def operation_vm(self, ctx: OperationContext) -> Vm:
         async with self.db.uow(write=False) as uow:
             vm = await uow.session.get(Vm, ctx.resource_id) if ctx.resource_id else None
         if vm is None:
@@ -178,9 +178,9 @@ class ComputeController:
         if vm is None or not vm.host_id or vm.state not in ("running", "stopped"):
             return {"state": vm.state if vm else "gone"}
         reply = await self.ensure(vm, None)
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
-    async def _observe(
+    async def observe(
         self, vm_id: str, status: dict[str, Any] | None, **changes: Any
     ) -> dict[str, Any]:
         """Record the observed state of a VM (and any spec-side changes)."""
@@ -202,18 +202,18 @@ class ComputeController:
 
     # ---- handlers --------------------------------------------------------------------
     async def create(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         if vm.state == "deleted":
             raise PermanentError(f"VM {vm.id} was deleted before it was created")
         nics = await self.network(vm.id) if self.network and vm.subnet_id else []
         spec = vm_spec(vm, password=ctx.input.get("password"), nics=nics)
         await ctx.progress(10)
         reply = await self.call(vm.host_id or "", "ensure_vm", spec=spec, slow=4)
-        return await self._observe(vm.id, reply["status"], reason=None)
+        return await self.observe(vm.id, reply["status"], reason=None)
 
     async def reconcile(self, ctx: OperationContext) -> dict[str, Any]:
         """Drive the VM back to its spec (started again, stopped again, re-created)."""
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         if vm.state == "deleted":
             return {"state": "deleted"}
         if vm.power_state == "running" and vm.host_id:
@@ -222,17 +222,17 @@ class ComputeController:
             now = (await self.call(vm.host_id, "get_vm", vm_id=vm.id)).get("status")
             if now and now.get("state") == "stopped" and now.get("stopped_by") == "guest":
                 await follow_guest_shutdown(self.db, vm.id)
-                return await self._observe(vm.id, now)
+                return await self.observe(vm.id, now)
         reply = await self.ensure(vm, None)
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def start(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         reply = await self.ensure(vm, "running")
-        return await self._observe(vm.id, reply["status"], reason=None)
+        return await self.observe(vm.id, reply["status"], reason=None)
 
     async def stop(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         timeout = float(ctx.input.get("timeout", 60))
         reply = await self.call(
             vm.host_id or "",
@@ -243,23 +243,23 @@ class ComputeController:
             extra=timeout,
             slow=2,
         )
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def reboot(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         reply = await self.call(vm.host_id or "", "reboot_vm", vm_id=vm.id, slow=4)
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def reinstall(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         spec = vm_spec(vm, power_state="stopped", password=ctx.input.get("password"))
         reply = await self.call(vm.host_id or "", "reinstall_vm", spec=spec, slow=6)
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def resize(self, ctx: OperationContext) -> dict[str, Any]:
         """Live when the VM runs and the host can add CPU/memory; otherwise stop, resize,
         start again (only with ``allow_restart``)."""
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         host = vm.host_id or ""
         live = bool(ctx.input.get("live"))
         if live:
@@ -267,7 +267,7 @@ class ComputeController:
                 host, "resize_vm", vm_id=vm.id, vcpus=vm.vcpus, memory_mib=vm.memory_mib, live=True
             )
             if reply.get("ok"):
-                return await self._observe(vm.id, reply["status"])
+                return await self.observe(vm.id, reply["status"])
         if ctx.input.get("was_running") and not ctx.checkpoint.get("stopped"):
             if not ctx.input.get("allow_restart") and not live:
                 raise PermanentError("the VM must restart to resize; allow_restart was false")
@@ -279,10 +279,10 @@ class ComputeController:
         await ctx.progress(70, {"resized": True})
         power = "running" if ctx.input.get("was_running") else "stopped"
         reply = await self.call(host, "ensure_vm", spec=vm_spec(vm, power_state=power), slow=4)
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def reset_password(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         user = ctx.input.get("user") or "root"
         await self.call(
             vm.host_id or "", "set_password", vm_id=vm.id, user=user, password=ctx.input["password"]
@@ -291,10 +291,10 @@ class ComputeController:
 
     async def delete(self, ctx: OperationContext) -> dict[str, Any]:
         """To the recycle bin: the VM is stopped (forced after a grace) and kept."""
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         reply = await self.ensure(vm, "stopped")
         now = utcnow()
-        return await self._observe(
+        return await self.observe(
             vm.id,
             None,
             state="deleted",
@@ -305,9 +305,9 @@ class ComputeController:
         )
 
     async def restore(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self._vm(ctx)
+        vm = await self.operation_vm(ctx)
         reply = await self.ensure(vm, "stopped")
-        return await self._observe(vm.id, reply["status"])
+        return await self.observe(vm.id, reply["status"])
 
     async def purge(self, ctx: OperationContext) -> dict[str, Any]:
         """Destroy for good: the disk goes, its claim too, and the row."""

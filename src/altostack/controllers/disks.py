@@ -252,13 +252,13 @@ class DiskController:
             raise PermanentError(f"snapshot {snap_id} no longer exists", "NotFound")
         return snap
 
-    async def _vm_host(self, vm_id: str | None) -> str:
-        """The host of the VM whose root disk a snapshot is of."""
+    async def _on_root(self, snap: Snapshot, action: str) -> None:
+        """``action`` on the root disk a snapshot is of, by its VM's host agent."""
         async with self.db.uow(write=False) as uow:
-            vm = await uow.session.get(Vm, vm_id) if vm_id else None
+            vm = await uow.session.get(Vm, snap.vm_id) if snap.vm_id else None
         if vm is None or not vm.host_id:
-            raise PermanentError(f"VM {vm_id} no longer exists on a host", "NotFound")
-        return vm.host_id
+            raise PermanentError(f"VM {snap.vm_id} no longer exists on a host", "NotFound")
+        await self._call(vm.host_id, action, vm_id=vm.id, snapshot_id=snap.id)
 
     async def _snapshot_ready(self, snap_id: str, size_gib: int | None = None) -> None:
         async with self.db.uow() as uow:
@@ -271,8 +271,7 @@ class DiskController:
     async def snapshot(self, ctx: OperationContext) -> dict[str, Any]:
         snap = await self._snap(ctx.resource_id)
         if snap.vm_id is not None:  # a root disk: the compute driver keeps it
-            host = await self._vm_host(snap.vm_id)
-            await self._call(host, "snapshot_root", vm_id=snap.vm_id, snapshot_id=snap.id)
+            await self._on_root(snap, "snapshot_root")
             await self._snapshot_ready(snap.id)
             return {"snapshot_id": snap.id}
         disk = await self._disk(snap.disk_id)
@@ -283,12 +282,8 @@ class DiskController:
             snapshot_id=snap.id,
             vm_id=disk.vm_id,
         )
-        async with self.db.uow() as uow:
-            row = await uow.session.get(Snapshot, snap.id)
-            if row is not None:
-                row.state, row.reason = "available", None
-                row.size_gib = int((reply.get("snapshot") or {}).get("size_gib") or row.size_gib)
-                await uow.commit()
+        size = (reply.get("snapshot") or {}).get("size_gib")
+        await self._snapshot_ready(snap.id, int(size) if size else None)
         return {"snapshot_id": snap.id}
 
     async def delete_snapshot(self, ctx: OperationContext) -> dict[str, Any]:
@@ -297,12 +292,7 @@ class DiskController:
         if snap is None:
             return {"deleted": True}
         if snap.vm_id is not None:
-            await self._call(
-                await self._vm_host(snap.vm_id),
-                "delete_root_snapshot",
-                vm_id=snap.vm_id,
-                snapshot_id=snap.id,
-            )
+            await self._on_root(snap, "delete_root_snapshot")
         else:
             disk = await self._disk(snap.disk_id)
             await self._call(
@@ -325,12 +315,7 @@ class DiskController:
     async def rollback(self, ctx: OperationContext) -> dict[str, Any]:
         snap = await self._snap(ctx.resource_id)
         if snap.vm_id is not None:
-            await self._call(
-                await self._vm_host(snap.vm_id),
-                "rollback_root",
-                vm_id=snap.vm_id,
-                snapshot_id=snap.id,
-            )
+            await self._on_root(snap, "rollback_root")
             await self._snapshot_ready(snap.id)
             return {"vm_id": snap.vm_id}
         disk = await self._disk(snap.disk_id)

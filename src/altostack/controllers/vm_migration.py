@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy import delete, select, update
 
 from altostack.controllers.compute import ComputeController, vm_spec
+from altostack.controllers.image_export import PIECE
 from altostack.controllers.registry import OperationContext, OperationRegistry
 from altostack.db.models_compute import AntiAffinitySlot, Vm
 from altostack.db.models_storage import Disk
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PIECE = 512 * 1024
 MIGRATE_TIMEOUT = 900.0
 """Seconds a live transfer (disk copy + memory) may take before it is cancelled."""
 
@@ -51,7 +51,7 @@ class MigrationController:
         registry.register("vm.migrate", self.migrate)
 
     async def migrate(self, ctx: OperationContext) -> dict[str, Any]:
-        vm = await self.compute._vm(ctx)
+        vm = await self.compute.operation_vm(ctx)
         source, target = str(ctx.input["source_host_id"]), str(ctx.input["target_host_id"])
         if vm.host_id == target:  # a re-run after the switch was committed
             return {"host_id": target, "state": vm.state}
@@ -206,19 +206,12 @@ class MigrationController:
         self, ctx: OperationContext, vm: Vm, source: str, target: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """The destination has the VM: it lives there now (one transaction)."""
-        claim = ctx.input["claim"]
         async with self.db.uow() as uow:
             row = await uow.session.get(Vm, vm.id)
             if row is None:
                 return {}
             row.host_id = target
-            await self.placement.release_on(
-                uow,
-                Claim(
-                    source, "", int(claim["vcpus"]), int(claim["memory_mib"]),
-                    int(claim["disk_gib"]), 0,
-                ),
-            )  # fmt: skip
+            await self.placement.release_on(uow, _claim_on(source, ctx))
             if row.placement_group_id is not None:  # the slot there becomes its own
                 await uow.session.execute(
                     delete(AntiAffinitySlot).where(AntiAffinitySlot.vm_id == vm.id)
@@ -236,7 +229,7 @@ class MigrationController:
             await uow.commit()
         if self.network is not None and vm.subnet_id:
             await self.network.arriving(vm.id, None)  # ports leave the source
-        observed = await self.compute._observe(vm.id, status or None)
+        observed = await self.compute.observe(vm.id, status or None)
         # The spec moved on (generation) while nothing changed: tell the new host.
         async with self.db.uow(write=False) as uow:
             moved = await uow.session.get(Vm, vm.id)
@@ -244,7 +237,7 @@ class MigrationController:
             reply = await self.compute.call(
                 target, "ensure_vm", spec=vm_spec(moved, nics=await self._nics(moved)), slow=4
             )
-            observed = await self.compute._observe(vm.id, reply["status"])
+            observed = await self.compute.observe(vm.id, reply["status"])
         log.info("vm migrated", vm_id=vm.id, source=source, target=target, mode=ctx.input["mode"])
         result = ctx.checkpoint.get("result") or {}
         return {**observed, "host_id": target, "source_host_id": source, **result}
@@ -272,16 +265,9 @@ class MigrationController:
                 await self.network.arriving(vm.id, None)
             except Exception as exc:  # the next push corrects it; the failure is reported
                 log.warning("network clean-up after a failed migration", error=str(exc))
-        claim = ctx.input["claim"]
         async with self.db.uow() as uow:
             row = await uow.session.get(Vm, vm.id)
-            await self.placement.release_on(
-                uow,
-                Claim(
-                    target, "", int(claim["vcpus"]), int(claim["memory_mib"]),
-                    int(claim["disk_gib"]), 0,
-                ),
-            )  # fmt: skip
+            await self.placement.release_on(uow, _claim_on(target, ctx))
             await uow.session.execute(
                 delete(AntiAffinitySlot).where(AntiAffinitySlot.vm_id == moving_slot(vm.id))
             )
@@ -291,7 +277,7 @@ class MigrationController:
         try:
             status = await self._get(source, vm.id)
             if status:
-                await self.compute._observe(vm.id, status)
+                await self.compute.observe(vm.id, status)
         except (TemporaryError, PermanentError):
             pass
 
@@ -310,3 +296,11 @@ class MigrationController:
                     await self.compute.call(host, action, **fields)
                 except (TemporaryError, PermanentError) as exc:
                     log.warning("restoring a disk after a failed migration", error=str(exc))
+
+
+def _claim_on(host_id: str, ctx: OperationContext) -> Claim:
+    """What the VM holds on ``host_id`` (the same on both hosts of a move)."""
+    claim = ctx.input["claim"]
+    return Claim(
+        host_id, "", int(claim["vcpus"]), int(claim["memory_mib"]), int(claim["disk_gib"]), 0
+    )

@@ -654,20 +654,8 @@ class PlacementService:
         keep_disk: bool = False,
     ) -> None:
         """Give back what a VM held; ``keep_disk`` for VMs whose disk stays (recycle bin)."""
-        disk = 0 if keep_disk else claim.disk_gib
-        await uow.session.execute(
-            update(Host)
-            .where(Host.id == claim.host_id)
-            .values(
-                vcpus_used=Host.vcpus_used - claim.vcpus,
-                memory_mib_used=Host.memory_mib_used - claim.memory_mib,
-                disk_gib_used=Host.disk_gib_used - disk,
-                gpus_used=Host.gpus_used - claim.gpus,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        await self.release_on(uow, replace(claim, disk_gib=0) if keep_disk else claim)
         await uow.session.execute(delete(AntiAffinitySlot).where(AntiAffinitySlot.vm_id == vm_id))
-        self.invalidate()
 
     async def claim_on(
         self, uow: UnitOfWork, host_id: str, *, vcpus: int, memory_mib: int, disk_gib: int

@@ -108,23 +108,11 @@ class SnapshotService:
                     "per disk; delete one first",
                     extra={"limit": limit, "vm_id": vm.id},
                 )
-            await self.quotas.consume(uow, vm.tenant_id, "snapshots", 1)
-            snap = Snapshot(
-                id=new_id("snap"),
-                tenant_id=vm.tenant_id,
-                disk_id=None,
-                vm_id=vm.id,
-                name=name,
-                size_gib=vm.root_disk_gib,
-                state="creating",
+            out = await self._insert(
+                uow, ctx, vm.tenant_id, name, vm.root_disk_gib, {"vm_id": vm.id}
             )
-            uow.session.add(snap)
-            op = self.operations.create(
-                uow, ctx, "snapshot.create", resource_type="snapshot", resource_id=snap.id,
-                input={"vm_id": vm.id},
-            )  # fmt: skip
             await uow.commit()
-        return {"operation": op, "snapshot": snap}
+        return out
 
     async def create(self, ctx: RequestContext, disk_id: str, name: str) -> dict[str, Any]:
         authz.require(ctx, "snapshot:create")
@@ -146,21 +134,33 @@ class SnapshotService:
                     "delete one first",
                     extra={"limit": limit, "disk_id": disk.id},
                 )
-            await self.quotas.consume(uow, disk.tenant_id, "snapshots", 1)
-            snap = Snapshot(
-                id=new_id("snap"),
-                tenant_id=disk.tenant_id,
-                disk_id=disk.id,
-                name=name,
-                size_gib=disk.size_gib,
-                state="creating",
+            out = await self._insert(
+                uow, ctx, disk.tenant_id, name, disk.size_gib, {"disk_id": disk.id}
             )
-            uow.session.add(snap)
-            op = self.operations.create(
-                uow, ctx, "snapshot.create", resource_type="snapshot", resource_id=snap.id,
-                input={"disk_id": disk.id},
-            )  # fmt: skip
             await uow.commit()
+        return out
+
+    async def _insert(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        tenant_id: str,
+        name: str,
+        size_gib: int,
+        of: dict[str, str],
+    ) -> dict[str, Any]:
+        """The quota taken, the row and its ``snapshot.create`` operation; ``of`` names
+        what it is of (``disk_id`` or ``vm_id``), in the row and the operation's input."""
+        await self.quotas.consume(uow, tenant_id, "snapshots", 1)
+        snap = Snapshot(
+            id=new_id("snap"), tenant_id=tenant_id, name=name, size_gib=size_gib,
+            state="creating", **of,
+        )  # fmt: skip
+        uow.session.add(snap)
+        op = self.operations.create(
+            uow, ctx, "snapshot.create", resource_type="snapshot", resource_id=snap.id,
+            input=dict(of),
+        )  # fmt: skip
         return {"operation": op, "snapshot": snap}
 
     async def get(self, ctx: RequestContext, snap_id: str) -> Snapshot:

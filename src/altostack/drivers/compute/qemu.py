@@ -67,7 +67,7 @@ from altostack.drivers.compute.base import (
     check_disk_spec,
 )
 from altostack.drivers.compute.console_log import tail_lines
-from altostack.drivers.compute.local_images import LocalImageCache
+from altostack.drivers.compute.local_images import LocalImageCache, qemu_img_info
 from altostack.drivers.compute.qemu_cmdline import (
     NicForward,
     QemuCommand,
@@ -1196,18 +1196,10 @@ class QemuComputeDriver(ComputeDriver):
         mode = str(manifest.data.get("mode", "shared"))
         if mode not in ("shared", "block"):
             raise InvalidSpec(f"a {mode} migration is not received live")
-        try:
-            paths = self.paths(vm_id)
-        except VmNotFound:
-            raise InvalidSpec(f"{vm_id!r} cannot be a VM id on this host") from None
+        paths = self._arrival_paths(vm_id)
         async with self._lock(vm_id):
-            if paths.record.exists() and not paths.incoming.exists():
-                raise InvalidSpec(f"{vm_id} already exists on {self.hostname}")
-            self._purge(paths)  # an abandoned earlier attempt
-            record = self._incoming_record(manifest)
             binary = self._binary()
-            paths.dir.mkdir(mode=0o700, parents=True)
-            self._give(paths.dir)
+            record = self._begin_arrival(paths, manifest, paths.incoming)
             paths.incoming.write_text(mode)
             try:
                 if mode == "block":
@@ -1220,6 +1212,24 @@ class QemuComputeDriver(ComputeDriver):
             except BaseException:
                 self._purge(paths)
                 raise
+
+    def _arrival_paths(self, vm_id: str) -> VmPaths:
+        try:
+            return self.paths(vm_id)
+        except VmNotFound:
+            raise InvalidSpec(f"{vm_id!r} cannot be a VM id on this host") from None
+
+    def _begin_arrival(self, paths: VmPaths, manifest: MigrationManifest, marker: Path) -> VmRecord:
+        """(Under the VM's lock.) A fresh directory for a VM coming from another host,
+        its record from the manifest; an earlier attempt (``marker`` left) is cleared, a
+        VM that lives here already is ``InvalidSpec``."""
+        if paths.record.exists() and not marker.exists():
+            raise InvalidSpec(f"{manifest.vm_id} already exists on {self.hostname}")
+        self._purge(paths)  # an abandoned earlier attempt
+        record = self._incoming_record(manifest)
+        paths.dir.mkdir(mode=0o700, parents=True)
+        self._give(paths.dir)
+        return record
 
     def _incoming_record(self, manifest: MigrationManifest) -> VmRecord:
         record = VmRecord.from_json(json.dumps(manifest.data["record"]))
@@ -1402,15 +1412,9 @@ class QemuComputeDriver(ComputeDriver):
             if snapshot_id in await self._root_snapshots(observed):
                 return
             self.faults.check("snapshot_root", vm_id)
-            if observed.pid is not None and observed.state in ("running", "paused"):
-                async with self._qmp(self.paths(vm_id), vm_id) as qmp:
-                    await qmp.execute(
-                        "blockdev-snapshot-internal-sync",
-                        {"device": observed.record.root_node, "name": snapshot_id},
-                    )
-            else:
-                self._require_state(observed, "stopped")
-                await tools.check(["qemu-img", "snapshot", "-c", snapshot_id, self._top(observed)])
+            await self._root_snapshot_op(
+                observed, snapshot_id, "blockdev-snapshot-internal-sync", "-c"
+            )
 
     async def rollback_root(self, vm_id: str, snapshot_id: str) -> None:
         self._check_snapshot_id(snapshot_id)
@@ -1430,14 +1434,9 @@ class QemuComputeDriver(ComputeDriver):
             if snapshot_id not in await self._root_snapshots(observed):
                 return
             self.faults.check("delete_root_snapshot", vm_id)
-            if observed.pid is not None and observed.state in ("running", "paused"):
-                async with self._qmp(self.paths(vm_id), vm_id) as qmp:
-                    await qmp.execute(
-                        "blockdev-snapshot-delete-internal-sync",
-                        {"device": observed.record.root_node, "name": snapshot_id},
-                    )
-            else:
-                await tools.check(["qemu-img", "snapshot", "-d", snapshot_id, self._top(observed)])
+            await self._root_snapshot_op(
+                observed, snapshot_id, "blockdev-snapshot-delete-internal-sync", "-d"
+            )
 
     async def list_root_snapshots(self, vm_id: str) -> list[str]:
         async with self._lock(vm_id):
@@ -1446,11 +1445,22 @@ class QemuComputeDriver(ComputeDriver):
     def _top(self, observed: _Observed) -> str:
         return str(self.paths(observed.record.id).dir / observed.record.root_layers[-1])
 
+    async def _root_snapshot_op(
+        self, observed: _Observed, snapshot_id: str, command: str, flag: str
+    ) -> None:
+        """Through the QEMU that holds the root disk (QMP ``command``), else with
+        ``qemu-img snapshot <flag>`` on the file of a stopped VM."""
+        if _held_by_qemu(observed):
+            async with self._qmp(self.paths(observed.record.id), observed.record.id) as qmp:
+                args = {"device": observed.record.root_node, "name": snapshot_id}
+                await qmp.execute(command, args)
+            return
+        await tools.check(["qemu-img", "snapshot", flag, snapshot_id, self._top(observed)])
+
     async def _root_snapshots(self, observed: _Observed) -> list[str]:
-        # -U: QEMU may hold the image's write lock; the snapshot table is read consistently.
-        argv = ["qemu-img", "info", "--output=json", "-U", "-f", "qcow2", self._top(observed)]
-        info = json.loads(await tools.check(argv))
-        return [str(s["name"]) for s in info.get("snapshots") or []]
+        info = await qemu_img_info(Path(self._top(observed)))  # -U: QEMU may hold it
+        snapshots = info.get("snapshots") or []
+        return [str(s["name"]) for s in snapshots]  # type: ignore[attr-defined]
 
     @staticmethod
     def _check_snapshot_id(snapshot_id: str) -> None:
@@ -1482,17 +1492,9 @@ class QemuComputeDriver(ComputeDriver):
         if manifest.data.get("mode") != "cold":
             raise InvalidSpec(f"the manifest of {manifest.vm_id} is not a cold migration's")
         vm_id = manifest.vm_id
-        try:
-            paths = self.paths(vm_id)
-        except VmNotFound:
-            raise InvalidSpec(f"{vm_id!r} cannot be a VM id on this host") from None
+        paths = self._arrival_paths(vm_id)
         async with self._lock(vm_id):
-            if paths.record.exists() and not paths.creating.exists():
-                raise InvalidSpec(f"{vm_id} already exists on {self.hostname}")
-            self._purge(paths)  # an abandoned earlier attempt
-            record = self._incoming_record(manifest)
-            paths.dir.mkdir(mode=0o700, parents=True)
-            self._give(paths.dir)
+            record = self._begin_arrival(paths, manifest, paths.creating)
             paths.creating.touch()
             try:
                 base = await self._build_disks(paths, record, manifest)
@@ -1736,6 +1738,11 @@ async def _make_overlay(backing_name: str, target: Path, size_gib: int) -> None:
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing_name, "-F", "qcow2"]
     await tools.check([*argv, str(target), f"{size_gib}G"])
     os.chmod(target, 0o600)
+
+
+def _held_by_qemu(observed: _Observed) -> bool:
+    """A QEMU runs the VM and holds its disks (changes go through QMP, not files)."""
+    return observed.pid is not None and observed.state in ("running", "paused")
 
 
 HISTORY_BYTES = 96 * 1024

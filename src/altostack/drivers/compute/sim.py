@@ -470,23 +470,17 @@ class SimComputeDriver(ComputeDriver):
         async with self.hypervisor.lock(vm_id):
             if vm_id in self.hypervisor.ids():
                 raise InvalidSpec(f"{vm_id} already exists on {self.hypervisor.config.hostname}")
-            spec_data: dict[str, Any] = dict(data["spec"])  # type: ignore[call-overload]
-            spec_data["nics"] = tuple(NicSpec(**n) for n in spec_data["nics"])
-            spec = VmSpec(**spec_data)
+            spec = dataclasses.replace(_spec_of(data), power_state="running")
             self._check_arch(spec)
-            vm = self.hypervisor.begin_create(dataclasses.replace(spec, power_state="running"))
+            vm = self.hypervisor.begin_create(spec)
             try:
                 await self._work("prepare_incoming", 0.0, vm_id)
             except BaseException:
                 self.hypervisor.remove(vm_id)
                 raise
-            vm.vcpus, vm.memory_mib = int(data["vcpus"]), int(data["memory_mib"])  # type: ignore[call-overload]
-            vm.generation = int(data["generation"])  # type: ignore[call-overload]
+            _take_over(vm, data)
             started = data.get("started_at")
             vm.started_at = datetime.fromisoformat(str(started)) if started else None
-            vm.guest = SimGuest(**data["guest"])  # type: ignore[arg-type]
-            vm.disks = [DiskSpec(**d) for d in data["disks"]]  # type: ignore[attr-defined]
-            vm.root_layers = list(data["root_layers"])  # type: ignore[call-overload]
             host = self.hypervisor.config.hostname
             uri = f"sim://{host}/{id(self.hypervisor):x}/{vm_id}"
             _RECEIVING[uri] = self.hypervisor
@@ -603,9 +597,7 @@ class SimComputeDriver(ComputeDriver):
         async with self.hypervisor.lock(vm_id):
             if vm_id in self.hypervisor.ids():
                 raise InvalidSpec(f"{vm_id} already exists on {self.hypervisor.config.hostname}")
-            spec_data: dict[str, Any] = dict(data["spec"])  # type: ignore[call-overload]
-            spec_data["nics"] = tuple(NicSpec(**n) for n in spec_data["nics"])
-            spec = dataclasses.replace(VmSpec(**spec_data), power_state="stopped")
+            spec = dataclasses.replace(_spec_of(data), power_state="stopped")
             self._check_arch(spec)
             vm = self.hypervisor.begin_create(spec)
             try:
@@ -615,11 +607,7 @@ class SimComputeDriver(ComputeDriver):
             except BaseException:
                 self.hypervisor.remove(vm_id)
                 raise
-            vm.vcpus, vm.memory_mib = int(data["vcpus"]), int(data["memory_mib"])  # type: ignore[call-overload]
-            vm.generation = int(data["generation"])  # type: ignore[call-overload]
-            vm.guest = SimGuest(**data["guest"])  # type: ignore[arg-type]
-            vm.disks = [DiskSpec(**d) for d in data["disks"]]  # type: ignore[attr-defined]
-            vm.root_layers = list(data["root_layers"])  # type: ignore[call-overload]
+            _take_over(vm, data)
             vm.state, vm.stopped_by = "stopped", "api"
             await asyncio.to_thread(root_changes.unlink)
             return self._status(vm)
@@ -644,6 +632,22 @@ class SimComputeDriver(ComputeDriver):
             raise NotSupported(
                 f"arch {spec.arch}", f"host {host.hostname} runs {host.arch} guests only"
             )
+
+
+def _spec_of(data: dict[str, Any]) -> VmSpec:
+    """The spec a migration manifest carries."""
+    spec_data: dict[str, Any] = dict(data["spec"])
+    spec_data["nics"] = tuple(NicSpec(**n) for n in spec_data["nics"])
+    return VmSpec(**spec_data)
+
+
+def _take_over(vm: SimVm, data: dict[str, Any]) -> None:
+    """What a migration manifest says of the VM as it was on its source."""
+    vm.vcpus, vm.memory_mib = int(data["vcpus"]), int(data["memory_mib"])
+    vm.generation = int(data["generation"])
+    vm.guest = SimGuest(**data["guest"])
+    vm.disks = [DiskSpec(**d) for d in data["disks"]]
+    vm.root_layers = list(data["root_layers"])
 
 
 def _forget(hypervisor: SimHypervisor, vm_id: str) -> None:
