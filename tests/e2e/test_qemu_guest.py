@@ -24,11 +24,15 @@ from altostack.drivers.compute.base import DiskSpec, NicSpec, VmSpec
 from altostack.drivers.compute.local_images import LocalImageCache, sha256_file
 from altostack.drivers.compute.qemu import QemuComputeDriver
 from altostack.drivers.compute.qemu_cmdline import (
+    HOTPLUG_BRIDGE,
     NicForward,
+    PciPlacement,
     Props,
     QemuMachine,
     VmPaths,
     build_command,
+    disk_device_args,
+    nic_device_args,
     parse_machine_help,
 )
 from altostack.drivers.compute.qemu_host import detect_accel
@@ -266,9 +270,59 @@ def test_data_disks_slots_snapshots_and_incoming_change_the_command_line(
     assert cmd.values("-incoming") == ["defer"] and not cmd.has("-S")
 
 
+def test_q35_puts_nics_and_data_disks_on_its_hot_plug_bridge(tmp_path: Path) -> None:
+    """New VMs are q35: the slots NICs and data disks had on i440fx's root bus are on one
+    PCIe-to-PCI bridge with ACPI hot-plug (``pcie.0`` takes no hot-plug); root and seed
+    disks stay on ``pcie.0``. A VM recorded as i440fx keeps the root-bus layout."""
+    nic = NicSpec(id="p1", mac="52:54:00:00:00:01", ip="10.1.2.30", network_id="n1")
+    disk = DiskSpec("disk-a", "/volumes/a.raw", "raw")
+    layout = {
+        "nics": (NicForward(nic, None),),
+        "disks": (disk,),
+        "slots": {"nic-p1": 6, "disk-disk-a": 5},
+    }
+    q35 = build_command(
+        "qemu-system-x86_64", _machine(tmp_path, machine_type="pc-q35-7.2", **layout)
+    )
+    bridge = q35.props("-device", "pcie-pci-bridge")
+    assert [(b.get("id"), b.get("addr")) for b in bridge] == [(HOTPLUG_BRIDGE, "0x1e")]
+    assert q35.values("-global") == ["ICH9-LPC.acpi-pci-hotplug-with-bridge-support=on"]
+    blk = {p.get("id"): p for p in q35.props("-device", "virtio-blk-pci")}
+    assert (blk["disk-disk-a"].get("bus"), blk["disk-disk-a"].get("addr")) == (
+        HOTPLUG_BRIDGE,
+        "0x5",
+    )
+    assert blk["root-disk"].get("bus") is None and blk["seed-disk"].get("bus") is None
+    net = q35.props("-device", "virtio-net-pci")[0]
+    assert (net.get("bus"), net.get("addr")) == (HOTPLUG_BRIDGE, "0x6")
+    # The bridge is on the command line before the devices that sit on it.
+    assert q35.argv.index(f"pcie-pci-bridge,id={HOTPLUG_BRIDGE},addr=0x1e") < q35.argv.index(
+        f"virtio-blk-pci,id=disk-disk-a,drive=disk-disk-a,bus={HOTPLUG_BRIDGE},addr=0x5"
+    )
+    # Hot-plug over QMP addresses the same place.
+    placement = PciPlacement.of("pc-q35-7.2", {"disk-disk-a": 5})
+    assert disk_device_args(disk, placement) == {
+        "driver": "virtio-blk-pci", "id": "disk-disk-a", "drive": "disk-disk-a",
+        "bus": HOTPLUG_BRIDGE, "addr": "0x5",
+    }  # fmt: skip
+    assert nic_device_args(nic, PciPlacement.of("pc-q35-7.2", {}))["id"] == "nic-p1"
+    assert "bus" not in nic_device_args(nic, PciPlacement.of("pc-q35-7.2", {}))
+
+    pc = build_command("qemu-system-x86_64", _machine(tmp_path, **layout))
+    assert not pc.props("-device", "pcie-pci-bridge") and not pc.has("-global")
+    assert all(p.get("bus") is None for p in pc.props("-device", "virtio-blk-pci"))
+    assert disk_device_args(disk, PciPlacement.of("pc-i440fx-7.2", {"disk-disk-a": 5})) == {
+        "driver": "virtio-blk-pci", "id": "disk-disk-a", "drive": "disk-disk-a", "addr": "0x5",
+    }  # fmt: skip
+
+
 def test_machine_help_names_the_versioned_type() -> None:
-    text = "pc   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\nq35 ...\n"
-    assert parse_machine_help(text) == "pc-i440fx-7.2"
+    text = (
+        "pc   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\n"
+        "q35  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\n"
+    )
+    assert parse_machine_help(text) == "pc-q35-7.2"  # new VMs are q35
+    assert parse_machine_help(text, "pc") == "pc-i440fx-7.2"
     assert parse_machine_help("nothing here") is None
 
 

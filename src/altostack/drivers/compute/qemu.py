@@ -69,6 +69,7 @@ from altostack.drivers.compute.base import (
 from altostack.drivers.compute.console_log import tail_lines
 from altostack.drivers.compute.local_images import LocalImageCache, qemu_img_info
 from altostack.drivers.compute.qemu_cmdline import (
+    MACHINE_ALIAS,
     NicForward,
     QemuCommand,
     QemuMachine,
@@ -994,7 +995,7 @@ class QemuComputeDriver(ComputeDriver):
                 device = nic_ids(nic)[0]
                 record.slot(device)
                 try:
-                    await plug_nic(qmp, self._nic(nic, port), record.pci_slots)
+                    await plug_nic(qmp, self._nic(nic, port), record.placement())
                 except BaseException:
                     record.release_slot(device)
                     raise
@@ -1059,7 +1060,7 @@ class QemuComputeDriver(ComputeDriver):
                 if self._live(observed):
                     async with self._qmp(paths, vm_id) as qmp:
                         self.faults.check("attach_disk", vm_id)
-                        await plug_disk(qmp, opened, record.pci_slots)
+                        await plug_disk(qmp, opened, record.placement())
                 else:
                     self.faults.check("attach_disk", vm_id)
             except BaseException:
@@ -1569,10 +1570,11 @@ class QemuComputeDriver(ComputeDriver):
         return self.binary
 
     async def _machine_type(self) -> str:
-        """The versioned machine type ``pc`` stands for; recorded per VM so it stays."""
+        """The versioned machine type new VMs get (``MACHINE_ALIAS``); recorded per VM so
+        it stays."""
         if self._machine_type_cache is None:
             result = await tools.run([self._binary(), "-machine", "help"], timeout=60)
-            self._machine_type_cache = parse_machine_help(result.stdout) or "pc"
+            self._machine_type_cache = parse_machine_help(result.stdout) or MACHINE_ALIAS
         return self._machine_type_cache
 
     def _machine(

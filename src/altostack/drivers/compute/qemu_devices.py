@@ -16,12 +16,12 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from altostack.drivers.compute.base import DiskSpec
 from altostack.drivers.compute.qemu_cmdline import (
     NicForward,
+    PciPlacement,
     disk_blockdev_args,
     disk_device_args,
     disk_ids,
@@ -53,13 +53,13 @@ UNPLUG_RETRY = 3.0
 """Seconds between ``device_del`` requests while the guest has not released the device."""
 
 
-async def plug_disk(qmp: Qmp, disk: DiskSpec, slots: Mapping[str, int]) -> None:
+async def plug_disk(qmp: Qmp, disk: DiskSpec, placement: PciPlacement) -> None:
     added: list[str] = []
     try:
         for args in disk_blockdev_args(disk):
             await qmp.execute("blockdev-add", args)
             added.append(str(args["node-name"]))
-        await qmp.execute("device_add", disk_device_args(disk, slots))
+        await qmp.execute("device_add", disk_device_args(disk, placement))
     except BaseException:
         for node in reversed(added):
             with contextlib.suppress(DriverError):
@@ -75,7 +75,7 @@ async def unplug_disk(qmp: Qmp, disk: DiskSpec, *, timeout: float) -> None:
             await qmp.execute("blockdev-del", {"node-name": name})
 
 
-async def plug_nic(qmp: Qmp, forward: NicForward, slots: Mapping[str, int]) -> None:
+async def plug_nic(qmp: Qmp, forward: NicForward, placement: PciPlacement) -> None:
     _, netdev = nic_ids(forward.nic)
     args = nic_netdev_args(forward)
     if forward.tap is not None:
@@ -91,7 +91,7 @@ async def plug_nic(qmp: Qmp, forward: NicForward, slots: Mapping[str, int]) -> N
         args = {"type": "tap", "id": netdev, "fd": netdev}
     await qmp.execute("netdev_add", args)
     try:
-        await qmp.execute("device_add", nic_device_args(forward.nic, slots))
+        await qmp.execute("device_add", nic_device_args(forward.nic, placement))
     except BaseException:
         with contextlib.suppress(DriverError):
             await qmp.execute("netdev_del", {"id": netdev})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from altostack.drivers.compute.base import Accel, DiskSpec, NicSpec, StoppedBy, VmSpec
+from altostack.drivers.compute.qemu_cmdline import PciPlacement
 
 PowerIntent = Literal["running", "stopping", "stopped"]
 
@@ -80,7 +81,8 @@ class VmRecord:
     migration destination lay the devices out as hot-plug left them."""
 
     FIRST_SLOT = 5
-    """Slots 0-4 hold the host bridge, the ISA bridge, VGA, root and seed disks."""
+    """On i440fx slots 0-4 hold the host bridge, the ISA bridge, VGA, root and seed disks;
+    the q35 hot-plug bridge keeps the same numbers."""
     LAST_SLOT = 31
 
     def slot(self, device_id: str) -> int:
@@ -95,6 +97,9 @@ class VmRecord:
 
     def release_slot(self, device_id: str) -> None:
         self.pci_slots.pop(device_id, None)
+
+    def placement(self) -> PciPlacement:
+        return PciPlacement.of(self.machine_type, self.pci_slots)
 
     @classmethod
     def from_spec(cls, spec: VmSpec, *, machine_type: str, accel: Accel) -> VmRecord:
