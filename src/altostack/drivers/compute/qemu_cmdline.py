@@ -263,10 +263,6 @@ HOTPLUG_BRIDGE_ADDR = "0x1e"
 """Its slot on ``pcie.0`` (fixed: a migration needs the same layout on both sides)."""
 
 
-def is_q35(machine_type: str) -> bool:
-    return machine_type == "q35" or machine_type.startswith("pc-q35-")
-
-
 def hotplug_bus(machine_type: str) -> str | None:
     """The bus NICs and data disks sit on: the root bus of an i440fx VM, the hot-plug bridge
     of a q35 one.
@@ -275,15 +271,16 @@ def hotplug_bus(machine_type: str) -> str | None:
     slower than i440fx (27 ports: ~+1 s of guest time under TCG, mostly enumerating them).
     One bridge with ACPI hot-plug gives the same 27 slots for the price of one device, and
     keeps q35's static interrupt routing table, which is what makes q35 boot faster."""
-    return HOTPLUG_BRIDGE if is_q35(machine_type) else None
+    q35 = machine_type == "q35" or machine_type.startswith("pc-q35-")
+    return HOTPLUG_BRIDGE if q35 else None
 
 
 @dataclass(frozen=True)
 class PciPlacement:
     """Where NICs and data disks go: their fixed slot, on the VM's hot-plug bus."""
 
-    slots: Mapping[str, int] = field(default_factory=dict)
-    bus: str | None = None
+    slots: Mapping[str, int]
+    bus: str | None
 
     @classmethod
     def of(cls, machine_type: str, slots: Mapping[str, int]) -> PciPlacement:
