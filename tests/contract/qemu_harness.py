@@ -139,11 +139,14 @@ class SerialConsole:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _expect(self, *patterns: bytes, timeout: float = GUEST_TIMEOUT) -> bytes:
+    async def _expect(
+        self, *patterns: bytes, timeout: float = GUEST_TIMEOUT, start: int = 0
+    ) -> bytes:
+        """The first of ``patterns`` to show up in what the console printed from ``start``."""
         deadline = time.monotonic() + timeout
         while True:
             for pattern in patterns:
-                if pattern in self.seen:
+                if pattern in self.seen[start:]:
                     return pattern
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -189,13 +192,19 @@ class SerialConsole:
         marker = f"ALTO-DONE-{time.monotonic_ns()}"
         self.seen = b""
         await self._send(f"{command}; echo {marker[:5]}''{marker[5:]}\n")
-        await self._expect(marker.encode() + b"\r\n", timeout=timeout)
+        done = marker.encode() + b"\r\n"
+        await self._expect(done, timeout=timeout)
+        # The next prompt too: a command typed before it would race the shell's return to
+        # its line editor (and be echoed twice).
+        await self._expect(b"# ", timeout=timeout, start=self.seen.index(done) + len(done))
         text = self.seen.decode(errors="replace").replace("\r", "")
         # The output starts after the echo of the command line (found by the quoted
         # marker only it contains), not simply after the first line: a prompt or message
-        # still on its way when ``seen`` was reset would otherwise pass for the echo.
+        # still on its way when ``seen`` was reset would otherwise pass for the echo. The
+        # *last* echo counts: a line typed before the shell's line editor took the
+        # terminal is echoed twice, once by the tty and again behind the prompt.
         echoed = f"{marker[:5]}''{marker[5:]}"
-        after = text.split(echoed, 1)[1] if echoed in text else text
+        after = text.rsplit(echoed, 1)[1] if echoed in text else text
         body = after.split("\n", 1)[1] if "\n" in after else ""
         return body.split(marker, 1)[0]
 
