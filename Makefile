@@ -11,8 +11,10 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 run: deps
 	$(VENV)/bin/alto up
 
+# Two pytest sessions side by side: the tests of real host components in one, the rest in
+# the other (scripts/run-tests; TEST_SERIAL=1 for one session).
 test: deps lint typecheck imports
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	PY=$(PY) ./scripts/run-tests --durations=25 $(PYTEST_ARGS)
 
 system-deps:
 	@./scripts/install-system-deps
@@ -35,7 +37,7 @@ imports: deps
 	$(VENV)/bin/lint-imports
 
 unit: deps
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	PY=$(PY) TEST_MARK="not slow" ./scripts/run-tests $(PYTEST_ARGS)
 
 bench: deps
 	$(PY) bench/api.py

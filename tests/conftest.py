@@ -25,12 +25,24 @@ from tests.support.real import PostgresServer, start_postgres
 ADMIN_PASSWORD = "Admin-Pass-1"
 TEMPLATE_DB = "alto_template"
 _counter = itertools.count()
+HOST_BACKENDS = {"qemu", "local", "ceph", "linux", "nats"}
+"""Contract-suite backends that are real host components."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """e2e tests are ``slow``. Tests of real host components (guests, namespaces, the root
+    namespace's nftables, Ceph, NATS) are ``host``: ``make test`` (scripts/run-tests) runs
+    them one after another in a pytest session of their own, beside a session running the
+    rest, because they share the host and a TCG guest wants a core."""
     for item in items:
         if "e2e" in item.nodeid.split("/"):
             item.add_marker(pytest.mark.slow)
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        on_host = any(isinstance(v, str) and v in HOST_BACKENDS for v in params)
+        if on_host or item.get_closest_marker("real"):
+            item.add_marker(pytest.mark.host)
 
 
 @pytest.fixture(scope="session")

@@ -392,12 +392,12 @@ async def test_freed_capacity_starts_the_next_operation_at_once(db_url: str, tmp
 async def test_a_long_step_keeps_its_lease(db_url: str, tmp_path: Path):
     """A handler busy for longer than the lease keeps it (renewed in the background), so
     a second worker does not run the operation twice."""
-    settings = plugin_settings(db_url, tmp_path, operation_lease_seconds=0.6)
+    settings = plugin_settings(db_url, tmp_path, operation_lease_seconds=1.2)
     async with serve(settings) as (c, client, admin):
         rival = OperationWorker(c.db, c.bus, c.registry, c.settings, c.events)
         await rival.start()
         try:
-            op = await start_steps(client, admin, steps=1, step_seconds=2.0)
+            op = await start_steps(client, admin, steps=1, step_seconds=3.0)
             done = await wait_op(client, admin, op["id"], timeout=15)
         finally:
             await rival.stop()
