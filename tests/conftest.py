@@ -25,24 +25,12 @@ from tests.support.real import PostgresServer, start_postgres
 ADMIN_PASSWORD = "Admin-Pass-1"
 TEMPLATE_DB = "alto_template"
 _counter = itertools.count()
-HOST_BACKENDS = {"qemu", "local", "ceph", "linux", "nats"}
-"""Contract-suite backends that are real host components."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """e2e tests are ``slow``. Tests of real host components (guests, namespaces, the root
-    namespace's nftables, Ceph, NATS) are ``host``: ``make test`` (scripts/run-tests) runs
-    them one after another in a pytest session of their own, beside a session running the
-    rest, because they share the host and a TCG guest wants a core."""
     for item in items:
         if "e2e" in item.nodeid.split("/"):
             item.add_marker(pytest.mark.slow)
-        callspec = getattr(item, "callspec", None)
-        params = callspec.params.values() if callspec is not None else ()
-        on_host = any(isinstance(v, str) and v in HOST_BACKENDS for v in params)
-        if on_host or item.get_closest_marker("real"):
-            item.add_marker(pytest.mark.host)
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +69,12 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database of each kind (copied from a migrated template)."""
+    yield from fresh_database(request, tmp_path)
+
+
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The body of a ``db_url`` fixture: a database of the kind ``request.param`` names,
+    copied from the migrated template, dropped afterwards."""
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         target = tmp_path / "alto.db"
@@ -114,13 +108,6 @@ def pg_admin(pg_server: PostgresServer) -> Iterator[Callable[[str], None]]:
         finally:
             runner.run(conn.close())
             runner.run(engine.dispose())
-
-
-async def _pg_exec(server: PostgresServer, sql: str) -> None:
-    engine = create_async_engine(server.url(), isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(sql))
-    await engine.dispose()
 
 
 def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:

@@ -332,6 +332,9 @@ NETWORK_BACKENDS: dict[str, Factory] = {
     "sim": lambda: _just(SimNetworkHarness()),
     "linux": linux_network_harness,
 }
+NETWORK_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "linux": (pytest.mark.real,),  # namespaces, bridges, nftables, dnsmasq
+}
 
 
 @pytest.fixture(params=list(COMPUTE_BACKENDS))
@@ -349,7 +352,9 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[StorageHarnes
         yield harness
 
 
-@pytest.fixture(params=list(NETWORK_BACKENDS))
+@pytest.fixture(
+    params=[pytest.param(name, marks=NETWORK_MARKS.get(name, ())) for name in NETWORK_BACKENDS]
+)
 async def network(request: pytest.FixtureRequest) -> AsyncIterator[NetworkHarness]:
     async with NETWORK_BACKENDS[request.param]() as harness:
         yield harness

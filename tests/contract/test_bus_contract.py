@@ -27,7 +27,7 @@ def nats_server() -> Iterator[NatsServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.real)])
 async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
     """A factory of handles on one bus: the same MemoryBus, or new NatsBus connections."""
     if request.param == "memory":

@@ -7,7 +7,6 @@ body must match the documented schema. Runs on the embedded SQLite and on Postgr
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
@@ -27,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import TEMPLATE_DB, _pg_exec
+from tests.conftest import TEMPLATE_DB
 from tests.support.alto_server import AltoServer, alto_server, server_env
 
 pytestmark = pytest.mark.slow
@@ -54,15 +53,16 @@ def fuzz_server(
     name = None
     if request.param == "postgresql":
         pg = request.getfixturevalue("pg_server")
+        admin = request.getfixturevalue("pg_admin")
         name = f"fuzz_{os.getpid()}_{next(_names)}"
-        asyncio.run(_pg_exec(pg, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+        admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
         db = pg.url(name)
     try:
         with alto_server(data_dir, db=db, env=server_env()) as server:
             yield server
     finally:
         if name is not None:
-            asyncio.run(_pg_exec(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

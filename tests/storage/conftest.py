@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,28 +14,15 @@ from altostack.agent.agent import Agent
 from altostack.bootstrap import Container
 from altostack.drivers.storage.base import StorageDriver
 from tests.compute.conftest import wait_op
-from tests.conftest import TEMPLATE_DB, _pg_exec, make_settings
+from tests.conftest import fresh_database, make_settings
 from tests.identity.helpers import make_tenant
-
-_counter = itertools.count()
 
 
 @pytest.fixture(params=["sqlite"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """SQLite only here, to keep the suite quick: the race-sensitive test asks for
     PostgreSQL too (``parametrize("db_url", [...], indirect=True)``)."""
-    if request.param == "sqlite":
-        target = tmp_path / "alto.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), target)
-        yield f"sqlite+aiosqlite:///{target}"
-        return
-    server = request.getfixturevalue("pg_server")
-    name = f"s{next(_counter)}_{abs(hash(request.node.nodeid)) % 10**8}"
-    asyncio.run(_pg_exec(server, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
-    try:
-        yield server.url(name)
-    finally:
-        asyncio.run(_pg_exec(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    yield from fresh_database(request, tmp_path)
 
 
 @pytest.fixture
